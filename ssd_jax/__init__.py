@@ -1,0 +1,1 @@
+"""ssd_jax: SSD (Liu et al., 2016) in JAX/Flax."""

@@ -1,0 +1,101 @@
+"""Default boxes: counts, known values and order, against a Caffe-style loop reference."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from conftest import CONFIG_DIR
+from ssd_jax import config_utils, priors
+
+
+def caffe_prior_box(image_size, feature_size, step, min_size, max_size, ratios):
+  """Caffe PriorBoxLayer::Forward_cpu for one map (flip on, offset 0.5), as nested loops."""
+  out = []
+  for h in range(feature_size):
+    for w in range(feature_size):
+      cx, cy = (w + 0.5) * step, (h + 0.5) * step
+      out.append((cx, cy, min_size, min_size))
+      side = math.sqrt(min_size * max_size)
+      out.append((cx, cy, side, side))
+      for r in ratios:
+        for ar in (r, 1 / r):
+          out.append((cx, cy, min_size * math.sqrt(ar), min_size / math.sqrt(ar)))
+  return np.array(out) / image_size
+
+
+def load(name, variant="voc"):
+  return config_utils.load_config(os.path.join(CONFIG_DIR, name), variant)
+
+
+@pytest.mark.parametrize("name,count", [("ssd300.py", 8732), ("ssd512.py", 24564)])
+@pytest.mark.parametrize("variant", ["voc", "coco"])
+def test_prior_counts(name, count, variant):
+  assert priors.from_config(load(name, variant)).shape == (count, 4)
+
+
+def test_ssd300_known_priors(ssd300_priors):
+  np.testing.assert_allclose(ssd300_priors[0], [4 / 300, 4 / 300, 30 / 300, 30 / 300], rtol=1e-6)
+  side = math.sqrt(30 * 60) / 300
+  np.testing.assert_allclose(ssd300_priors[1], [4 / 300, 4 / 300, side, side], rtol=1e-6)
+  np.testing.assert_allclose(ssd300_priors[2], [4 / 300, 4 / 300, 30 * math.sqrt(2) / 300,
+                                                30 / math.sqrt(2) / 300], rtol=1e-6)
+  np.testing.assert_allclose(ssd300_priors[-1, :2], [0.5, 0.5], rtol=1e-6)
+  # The next cell of the first map starts after 4 boxes, one step (8 px) to the right.
+  np.testing.assert_allclose(ssd300_priors[4, :2], [12 / 300, 4 / 300], rtol=1e-6)
+  # The second map starts after 38 * 38 * 4 = 5776 boxes, with 6 boxes per cell.
+  np.testing.assert_allclose(ssd300_priors[5776, :2], [8 / 300, 8 / 300], rtol=1e-6)
+  np.testing.assert_allclose(ssd300_priors[5776 + 6, :2], [24 / 300, 8 / 300], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ssd300.py", "ssd512.py"])
+def test_order_matches_caffe_loops_map_by_map(name):
+  config = load(name)
+  p = config.priors
+  expected = np.concatenate([
+      caffe_prior_box(config.model.image_size, *level)
+      for level in zip(p.feature_sizes, p.steps, p.min_sizes, p.max_sizes, p.aspect_ratios)])
+  np.testing.assert_allclose(priors.from_config(config), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_boxes_per_cell_matches_head_layout(ssd300_config):
+  assert priors.boxes_per_cell(ssd300_config.priors.aspect_ratios) == [4, 6, 6, 6, 4, 4]
+  counts = [s * s * k for s, k in zip(ssd300_config.priors.feature_sizes,
+                                      priors.boxes_per_cell(ssd300_config.priors.aspect_ratios))]
+  assert counts == [5776, 2166, 600, 150, 36, 4]
+
+
+def test_caffe_sizes_reproduce_the_released_configs():
+  voc, coco = load("ssd300.py"), load("ssd300.py", "coco")
+  assert priors.caffe_sizes(300, 6, 20, 90, 10) == (list(voc.priors.min_sizes), list(voc.priors.max_sizes))
+  assert priors.caffe_sizes(300, 6, 15, 90, 7) == (list(coco.priors.min_sizes), list(coco.priors.max_sizes))
+  min_512, max_512 = priors.caffe_sizes(512, 7, 10, 90, 4)
+  np.testing.assert_allclose(min_512, load("ssd512.py").priors.min_sizes)
+  np.testing.assert_allclose(max_512, load("ssd512.py").priors.max_sizes)
+
+
+def test_paper_scales_formula():
+  scales = priors.paper_scales(6, 0.2, 0.9)
+  np.testing.assert_allclose(scales, [0.2, 0.34, 0.48, 0.62, 0.76, 0.9, 1.04])
+  min_sizes, max_sizes = priors.sizes_from_scales(300, scales)
+  np.testing.assert_allclose(min_sizes, [60, 102, 144, 186, 228, 270])
+  np.testing.assert_allclose(max_sizes, [102, 144, 186, 228, 270, 312])
+
+
+def test_clip_clamps_to_unit_square(ssd300_config):
+  p = ssd300_config.priors
+  unclipped = priors.generate(300, p.feature_sizes, p.steps, p.min_sizes, p.max_sizes, p.aspect_ratios)
+  clipped = priors.generate(300, p.feature_sizes, p.steps, p.min_sizes, p.max_sizes,
+                            p.aspect_ratios, clip=True)
+  assert unclipped.max() > 1 and clipped.max() == 1 and clipped.min() >= 0
+  np.testing.assert_array_equal(clipped, np.clip(unclipped, 0, 1))
+
+
+def test_bad_prior_config_raises():
+  with pytest.raises(ValueError, match="one entry per feature map"):
+    priors.generate(300, (38, 19), (8,), (30, 60), (60, 111), ((2,), (2,)))
+  with pytest.raises(ValueError, match="aspect_ratios"):
+    priors.generate(300, (2,), (150,), (30,), (60,), ((1,),))
+  with pytest.raises(ValueError, match="unknown variant"):
+    load("ssd300.py", "imagenet")
