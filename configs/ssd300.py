@@ -15,6 +15,73 @@ _PRIOR_SIZES = {
 }
 _NUM_CLASSES = {"voc": 21, "coco": 81}  # background included
 
+# Input data (ssd_jax/data). Split entries are (where, which) pairs whose meaning depends on the
+# source: tfds: (dataset name, split); voc_folder: (folder under data_dir holding JPEGImages/,
+# Annotations/ and ImageSets/Main/, image set); coco_json: (json file under data_dir, image folder
+# under data_dir); synthetic: (folder under data_dir to generate into, "train" or "test").
+_VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
+                "sofa", "train", "tvmonitor")
+_DATA = {
+    "voc": dict(train_splits=(("voc/2007", "train+validation"), ("voc/2012", "train+validation")),
+                eval_splits=(("voc/2007", "test"),), class_names=_VOC_CLASSES),
+    "coco": dict(train_splits=(("coco/2017", "train"),), eval_splits=(("coco/2017", "validation"),),
+                 class_names=None),
+}
+
+
+def _data_config(variant: str) -> ml_collections.ConfigDict:
+  """config.data: where the examples come from and how they are batched."""
+  data = ml_collections.ConfigDict(_DATA[variant])
+  data.source = "tfds"  # tfds | voc_folder | coco_json | synthetic; nothing is ever downloaded
+  data.data_dir = None  # None: tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+  # Labels 1..C-1 follow class_names; None takes the dataset's own names (tfds, COCO json).
+  data.train_difficult = True  # Caffe trains on VOC "difficult" objects (ssd_pascal.py)
+  data.train_crowd = False  # COCO crowd boxes: left out of training, ignored by evaluation
+  data.batch_size = 32  # global; each process reads batch_size / process_count per step
+  data.eval_batch_size = 32
+  data.max_boxes = 100  # padded ground truth per image; COCO's busiest images have fewer
+  data.shuffle_buffer = 2048  # records shuffled together (in memory, with their JPEG bytes)
+  data.seed = 0
+  data.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE
+  data.prefetch = 2  # batches
+  data.on_bad_data = "skip"  # "skip": repair or skip bad images and boxes with a warning; "error"
+  data.synthetic = ml_collections.ConfigDict()  # for source "synthetic"; class_names are shapes
+  data.synthetic.image_size = 128
+  data.synthetic.num_train = 2000
+  data.synthetic.num_test = 200
+  data.synthetic.max_objects = 4  # 1..max_objects per image
+  data.synthetic.size_range = (0.25, 0.6)  # object side / image side
+  data.synthetic.max_overlap = 0.3  # at most this fraction of an object's box covered by another
+  data.synthetic.seed = 0
+  return data
+
+
+def _augment_config() -> ml_collections.ConfigDict:
+  """config.augment: SSD's training augmentation, Caffe ssd_pascal.py's values."""
+  augment = ml_collections.ConfigDict()
+  augment.brightness_prob = 0.5
+  augment.brightness_delta = 32.0  # added to 0..255 pixels
+  augment.contrast_prob = 0.5
+  augment.contrast_range = (0.5, 1.5)
+  augment.saturation_prob = 0.5
+  augment.saturation_range = (0.5, 1.5)
+  augment.hue_prob = 0.5
+  # Degrees, as ssd.pytorch; Caffe adds its 18 to OpenCV's 8-bit hue (0..180), i.e. 36 degrees.
+  augment.hue_delta = 18.0
+  augment.contrast_first_prob = 0.5  # contrast before (else after) saturation and hue
+  augment.channel_swap_prob = 0.0  # Caffe's random_order_prob; ssd.pytorch swaps with p 0.5
+  augment.expand_prob = 0.5  # zoom out onto a mean-filled canvas
+  augment.expand_max_ratio = 4.0
+  # Sampled patch: the whole image, or one of these min-IoU samplers (0 = unconstrained).
+  augment.patch_whole_image = True
+  augment.patch_min_ious = (0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
+  augment.patch_scale_range = (0.3, 1.0)
+  augment.patch_aspect_range = (0.5, 2.0)
+  augment.patch_max_trials = 50
+  augment.flip_prob = 0.5
+  return augment
+
 
 def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   """Returns the SSD300 config; ``variant`` in {"voc", "coco"} picks prior sizes and classes."""
@@ -50,4 +117,37 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.neg_pos_ratio = 3
   config.loss.alpha = 1.0
+
+  config.data = _data_config(variant)
+  config.augment = _augment_config()
+
+  # Caffe ssd_pascal.py: SGD, lr 1e-3 at batch 32, x0.1 at 80k and 100k, 120k iterations.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.reference_batch_size = 32  # lr scales linearly with data.batch_size
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.bias_names = ("bias",)  # Caffe: lr_mult 2, decay_mult 0 on biases
+  config.optimizer.bias_lr_multiplier = 2.0
+  config.optimizer.no_decay_names = ()  # other parameter names without weight decay
+  config.optimizer.decay_steps = (80_000, 100_000)
+  config.optimizer.decay_factor = 0.1
+  # Not in the paper; ssd.pytorch users add it because lr 1e-3 can diverge in the first steps.
+  config.optimizer.warmup_steps = 1000
+  config.optimizer.warmup_init_factor = 1 / 3
+  config.optimizer.grad_clip_norm = 0.0  # 0: off
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 120_000
+  config.train.seed = 0  # model initialisation
+  config.train.init_from = ""  # a checkpoint written by `python -m ssd_jax.convert`
+  config.train.checkpoint_every = 5000
+  config.train.keep_checkpoints = 3
+  config.train.eval_every = 10_000
+  config.train.log_every_seconds = 30.0
+  config.train.skip_nonfinite = False  # True: drop non-finite updates instead of stopping
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data_devices = -1  # devices on the data axis; -1: all
   return config

@@ -1,0 +1,102 @@
+"""Input pipeline throughput: images/s of the training and evaluation pipelines, per CPU core.
+
+Writes a VOC-format folder of real-sized (500x375) JPEGs with a few boxes each to a temp dir, then
+times the full training pipeline (read, JPEG decode, zoom-out, sampled patch, flip, resize to 300,
+photometric distortion, normalise, pad, batch) and the evaluation pipeline, once with tf.data
+limited to one thread and once with all cores.
+
+  python experiments/bench_input.py [--images 256] [--batches 30] [--batch_size 32]
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ssd_jax import config_utils
+from ssd_jax import data  # hides GPUs from TF before it starts
+import tensorflow as tf
+
+_CLASSES = ("circle", "square")
+
+
+def write_voc_folder(root: str, count: int, seed: int = 0) -> None:
+  """``count`` 500x375 JPEGs (smooth colour field + noise + shapes) with VOC annotations."""
+  for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    coarse = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((500, 375), Image.BICUBIC), np.float32)
+    pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw, objects = ImageDraw.Draw(image), []
+    for _ in range(rng.integers(1, 6)):
+      w, h = rng.uniform(40, 250, 2)
+      x0, y0 = rng.uniform(0, 500 - w), rng.uniform(0, 375 - h)
+      name = _CLASSES[rng.integers(2)]
+      (draw.ellipse if name == "circle" else draw.rectangle)(
+          [x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+      objects.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox>"
+                     f"<xmin>{x0:.0f}</xmin><ymin>{y0:.0f}</ymin><xmax>{x0 + w:.0f}</xmax>"
+                     f"<ymax>{y0 + h:.0f}</ymax></bndbox></object>")
+    image.save(os.path.join(root, "JPEGImages", f"{i:06d}.jpg"), quality=90)
+    with open(os.path.join(root, "Annotations", f"{i:06d}.xml"), "w") as f:
+      f.write(f"<annotation><size><width>500</width><height>375</height></size>"
+              f"{''.join(objects)}</annotation>")
+  with open(os.path.join(root, "ImageSets", "Main", "all.txt"), "w") as f:
+    f.write("".join(f"{i:06d}\n" for i in range(count)))
+
+
+def images_per_second(ds: tf.data.Dataset, batches: int, batch_size: int,
+                      threads: int | None) -> float:
+  """Batches/s of ``ds`` after two warm-up batches, times ``batch_size``."""
+  if threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
+  iterator = ds.as_numpy_iterator()
+  for _ in range(2):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--images", type=int, default=256)
+  parser.add_argument("--batches", type=int, default=30)
+  parser.add_argument("--batch_size", type=int, default=32)
+  args = parser.parse_args()
+  config = config_utils.load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                 "ssd300.py"))
+  config.model.num_classes = len(_CLASSES) + 1
+  with tempfile.TemporaryDirectory() as data_dir:
+    write_voc_folder(os.path.join(data_dir, "bench"), args.images)
+    config.data.update(source="voc_folder", data_dir=data_dir, class_names=_CLASSES,
+                       train_splits=(("bench", "all"),), eval_splits=(("bench", "all"),),
+                       batch_size=args.batch_size, eval_batch_size=args.batch_size)
+    cores = os.cpu_count()
+    train_source = data.make_source(config, "train", 0, 1)
+    eval_source = data.make_source(config, "eval", 0, 1)
+    results = {}
+    for name, make in (("train", lambda: data.train_dataset(config, 0, train_source)[0]),
+                       ("eval", lambda: data.eval_dataset(config, eval_source)[0].repeat())):
+      for threads in (1, None):
+        results[name, threads] = images_per_second(make(), args.batches, args.batch_size, threads)
+  print(f"{cores} cores; images/s at {config.model.image_size}x{config.model.image_size}, batch "
+        f"{args.batch_size}, from 500x375 JPEGs:")
+  for name in ("train", "eval"):
+    one, all_cores = results[name, 1], results[name, None]
+    print(f"  {name:5s}: 1 thread {one:7.1f}   all {cores} cores {all_cores:7.1f} "
+          f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s")
+
+
+if __name__ == "__main__":
+  main()

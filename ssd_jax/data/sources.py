@@ -1,0 +1,209 @@
+"""Data sources: tfds VOC/COCO, VOC-format folders, COCO-format json files and synthetic shapes.
+
+A source gives this process's shard of a split as tf.data "records", one per image, in fixed order:
+``{"image": encoded bytes (tfds) or file path (folders), "file": where it came from (for warnings),
+"image_id": string or int64, "boxes": float32 [N, 4] xyxy in [0, 1], "labels": int32 [N] in 1..C-1,
+"difficult": bool [N] (COCO: crowd)}``. ``ssd_jax.data.pipeline.examples`` decodes them into
+examples. Nothing is ever downloaded: a missing dataset raises ``DatasetNotFoundError`` saying
+what was looked for, where, and how to prepare it.
+"""
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssd_jax.data import annotations
+from ssd_jax.data import synthetic
+from ssd_jax.data.problems import Problems
+
+# COCO category id of each of tfds' 80 contiguous COCO labels (the official json's id order).
+COCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+                     24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47,
+                     48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70,
+                     72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
+_KINDS = ("tfds", "voc_folder", "coco_json", "synthetic")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """A dataset is not where the config says; the message says how to prepare it."""
+
+
+@dataclasses.dataclass
+class Source:
+  """This process's records of one split (one part per dataset in it)."""
+  class_names: tuple[str, ...]  # label l is class_names[l - 1]
+  category_ids: tuple[int, ...] | None  # COCO category id of label l at [l - 1]; None if not COCO
+  parts: tuple[tf.data.Dataset, ...]
+  sizes: tuple[int, ...]  # records in each part
+  max_process_size: int  # the most records any process gets (evaluation pads to it)
+  read_files: bool  # records hold file paths rather than encoded images
+  problems: Problems
+  process_index: int
+  process_count: int
+
+  @property
+  def num_examples(self) -> int:
+    return sum(self.sizes)
+
+
+class _Part(NamedTuple):
+  """One dataset of a split: this process's records and what is known about them."""
+  records: tf.data.Dataset
+  process_sizes: list[int]  # records of each process
+  class_names: tuple[str, ...]
+  category_ids: tuple[int, ...] | None
+
+
+def yxyx_to_xyxy(boxes: tf.Tensor) -> tf.Tensor:
+  """tfds BBoxFeature (y_min, x_min, y_max, x_max) -> our (x_min, y_min, x_max, y_max)."""
+  return tf.gather(boxes, [1, 0, 3, 2], axis=-1)
+
+
+def make_source(config: ml_collections.ConfigDict, split: str, process_index: int | None = None,
+                process_count: int | None = None) -> Source:
+  """The source of ``config.data.train_splits`` (split "train") or ``eval_splits`` ("eval").
+
+  Process index and count default to JAX's; each process gets a disjoint shard.
+  """
+  if process_index is None or process_count is None:
+    import jax  # Only here: tests and tools pass the process explicitly.
+    process_index, process_count = jax.process_index(), jax.process_count()
+  data = config.data
+  if data.source not in _KINDS:
+    raise ValueError(f"config.data.source must be one of {_KINDS}, got {data.source!r}")
+  if data.on_bad_data not in ("skip", "error"):
+    raise ValueError(f"config.data.on_bad_data must be 'skip' or 'error', got {data.on_bad_data!r}")
+  if split not in ("train", "eval"):
+    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+  problems = Problems(strict=data.on_bad_data == "error")
+  entries = data.train_splits if split == "train" else data.eval_splits
+  make_part = _tfds_part if data.source == "tfds" else _folder_part
+  parts = [make_part(config, tuple(entry), split == "train", problems, process_index, process_count)
+           for entry in entries]
+  class_names = parts[0].class_names
+  for part, entry in zip(parts, entries):
+    if tuple(n.lower() for n in part.class_names) != tuple(n.lower() for n in class_names):
+      raise ValueError(f"{entry}: class names {part.class_names} differ from {entries[0]}'s "
+                       f"{class_names}")
+  if len(class_names) + 1 != config.model.num_classes:
+    raise ValueError(f"config.model.num_classes is {config.model.num_classes} but the data has "
+                     f"{len(class_names)} classes + background: {class_names}")
+  process_sizes = np.sum([part.process_sizes for part in parts], axis=0)
+  return Source(tuple(class_names), parts[0].category_ids, tuple(p.records for p in parts),
+                tuple(p.process_sizes[process_index] for p in parts), int(process_sizes.max()),
+                data.source != "tfds", problems, process_index, process_count)
+
+
+def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train: bool,
+               problems: Problems, process_index: int, process_count: int) -> _Part:
+  """This process's part of a tfds split."""
+  name, split = entry
+  data_dir = config.data.data_dir and os.path.expanduser(config.data.data_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotFoundError(
+        f"tfds dataset {name!r} (version {builder.version}) is not prepared in data_dir "
+        f"{config.data.data_dir or '(tfds default)'}: looked for {builder.data_dir}. ssd_jax never "
+        f"downloads data. On a machine with internet run `tfds build {name} --data_dir=DIR`, copy "
+        f"DIR here and set config.data.data_dir=DIR.")
+  if builder.name not in ("voc", "coco"):
+    raise ValueError(f"tfds source supports the voc and coco builders, got {name!r}")
+  class_names = tuple(builder.info.features["objects"]["label"].names)
+  if config.data.class_names is not None and tuple(
+      n.lower() for n in config.data.class_names) != tuple(n.lower() for n in class_names):
+    raise ValueError(f"config.data.class_names {tuple(config.data.class_names)} differ from "
+                     f"{name}'s {class_names}")
+  shard_sizes = [builder.info.splits[tfds.split_for_jax_process(
+      split, process_index=p, process_count=process_count)].num_examples
+                 for p in range(process_count)]
+  records = builder.as_dataset(
+      split=tfds.split_for_jax_process(split, process_index=process_index,
+                                       process_count=process_count),
+      shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+  is_voc = builder.name == "voc"
+  keep_flagged = not train or (config.data.train_difficult if is_voc else config.data.train_crowd)
+
+  def to_record(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    objects, filename = example["objects"], example["image/filename"]
+    boxes = yxyx_to_xyxy(objects["bbox"])
+    flagged = objects["is_difficult"] if is_voc else objects["is_crowd"]
+    record = {"image": example["image"], "file": tf.strings.join([name, "/", filename]),
+              "image_id": (tf.strings.regex_replace(filename, r"\.[^.]*$", "") if is_voc
+                           else example["image/id"])}
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    reported = problems.report_if(tf.reduce_any(~nonempty), "empty box, object dropped",
+                                  record["file"])
+    keep = nonempty if keep_flagged else nonempty & ~flagged
+    with tf.control_dependencies([reported]):
+      record.update(boxes=tf.boolean_mask(boxes, keep),
+                    labels=tf.boolean_mask(tf.cast(objects["label"], tf.int32) + 1, keep),
+                    difficult=tf.boolean_mask(flagged, keep))
+    return record
+
+  category_ids = COCO_CATEGORY_IDS if not is_voc and len(class_names) == 80 else None
+  return _Part(records.map(to_record), shard_sizes, class_names, category_ids)
+
+
+def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train: bool,
+                 problems: Problems, process_index: int, process_count: int) -> _Part:
+  """This process's part of a VOC-format folder, COCO-format json or synthetic split."""
+  data, (where, which) = config.data, entry
+  data_dir = os.path.expanduser(data.data_dir or
+                                ("~/.cache/ssd_jax" if data.source == "synthetic" else ""))
+  if not data_dir:
+    raise ValueError(f"config.data.data_dir must be set for source {data.source!r}")
+  class_names = None if data.class_names is None else tuple(data.class_names)
+  category_ids = None
+  if data.source == "coco_json":
+    json_path, image_dir = os.path.join(data_dir, where), os.path.join(data_dir, which)
+    if not (os.path.isfile(json_path) and os.path.isdir(image_dir)):
+      raise DatasetNotFoundError(
+          f"COCO-format data not found: looked for the json {json_path} and the image folder "
+          f"{image_dir} (config.data.data_dir={data.data_dir!r}, split entry {entry}). Expected: a "
+          f"COCO instances json whose images' file_name are relative to the image folder.")
+    records, class_names, category_ids = annotations.coco_json_records(
+        json_path, image_dir, class_names, problems, keep_crowd=not train or data.train_crowd,
+        drop_empty=train)
+  else:
+    if class_names is None:
+      raise ValueError(f"config.data.class_names must list the classes for source {data.source!r}")
+    root = os.path.join(data_dir, where)
+    if data.source == "synthetic":
+      root = synthetic.prepare(data.synthetic, class_names, data_dir, where)
+    image_set = os.path.join(root, "ImageSets", "Main", which + ".txt")
+    if not os.path.isfile(image_set):
+      raise DatasetNotFoundError(
+          f"VOC-format folder not found: looked for {image_set} (config.data.data_dir="
+          f"{data.data_dir!r}, split entry {entry}). Expected: {root}/JPEGImages/<id>.jpg, "
+          f"{root}/Annotations/<id>.xml and ImageSets/Main/{which}.txt listing the ids, one a "
+          f"line; class names from config.data.class_names.")
+    records = annotations.voc_folder_records(root, which, class_names, problems,
+                                             keep_difficult=not train or data.train_difficult,
+                                             drop_empty=train)
+  if not records:
+    raise ValueError(f"no usable images in {entry} under {data_dir} (see the warnings above)")
+  shard_sizes = [len(records[p::process_count]) for p in range(process_count)]
+  return _Part(records_dataset(records[process_index::process_count]), shard_sizes, class_names,
+               category_ids)
+
+
+def records_dataset(records: list[annotations.Record]) -> tf.data.Dataset:
+  """In-memory records (file paths and annotations) -> tf.data records."""
+  lengths = [len(record.labels) for record in records]
+
+  def ragged(values: list[np.ndarray], shape: tuple[int, ...], dtype) -> tf.RaggedTensor:
+    flat = np.concatenate([np.zeros(shape, dtype)] + [np.asarray(v, dtype) for v in values])
+    return tf.RaggedTensor.from_row_lengths(flat, lengths)
+
+  paths = [record.image_path for record in records]
+  return tf.data.Dataset.from_tensor_slices({
+      "image": paths, "file": paths,
+      "image_id": np.array([record.image_id for record in records]),
+      "boxes": ragged([r.boxes for r in records], (0, 4), np.float32),
+      "labels": ragged([r.labels for r in records], (0,), np.int32),
+      "difficult": ragged([r.difficult for r in records], (0,), bool)})

@@ -1,0 +1,196 @@
+"""Augmentation ops: eager == tf.data, patch constraints, valid boxes, flips, boxes on content."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssd_jax import config_utils
+from ssd_jax.data import augment
+
+_CONFIG = config_utils.load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                "ssd300.py"))
+_CONFIG.model.image_size = 64
+_RED, _BLUE = (250, 10, 10), (10, 10, 250)
+
+
+_BOXES = ((0.1, 0.2, 0.5, 0.6), (0.3, 0.3, 0.9, 0.8), (0.0, 0.0, 1.0, 1.0))
+
+
+def _example(seed: int = 0, boxes=_BOXES, height: int = 45, width: int = 60) -> dict:
+  rng = np.random.default_rng(seed)
+  return {"image": tf.constant(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)),
+          "boxes": tf.constant(boxes, tf.float32), "labels": tf.range(1, len(boxes) + 1),
+          "difficult": tf.constant([False, True, False][:len(boxes)]),
+          "seed": tf.constant([seed, 7], tf.int64)}
+
+
+def _ops() -> dict[str, augment.Op]:
+  train = augment.train_ops(_CONFIG)
+  return {"expand": train[0], "patch": train[1], "flip": train[2], "resize": train[3],
+          "photometric": lambda e: train[4](train[3](e)),
+          "normalize": lambda e: train[5](train[3](e)),
+          "all": lambda e: augment.apply(train, e),
+          "eval": lambda e: augment.apply(augment.eval_ops(_CONFIG), e)}
+
+
+@pytest.mark.parametrize("name", list(_ops()))
+def test_op_gives_the_same_result_eagerly_and_in_tf_data(name):
+  op = _ops()[name]
+  for seed in range(3):
+    example = _example(seed)
+    eager = op(example)
+    (graph,) = tf.data.Dataset.from_tensors(example).map(op).as_numpy_iterator()
+    assert set(eager) == set(graph)
+    for key in eager:
+      np.testing.assert_allclose(eager[key].numpy(), graph[key], rtol=1e-5, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("min_iou", [0.1, 0.3, 0.5, 0.7, 0.9, 0.0])
+def test_min_iou_patch_satisfies_its_constraint(min_iou):
+  boxes = tf.constant([[0.1, 0.1, 0.45, 0.5], [0.02, 0.03, 0.98, 0.97]])
+  chosen = 0
+  for seed in range(40):
+    patch, sampler = augment.sample_patch_box(boxes, tf.constant([seed, 1], tf.int64), False,
+                                              (min_iou,), (0.3, 1.0), (0.5, 2.0), 50)
+    if sampler.numpy() == -1:  # no trial succeeded: the whole image
+      np.testing.assert_array_equal(patch, [0, 0, 1, 1])
+      continue
+    chosen += 1
+    width, height = (patch[2:] - patch[:2]).numpy()
+    assert 0.3 ** 2 - 1e-5 <= width * height <= 1 + 1e-5
+    assert 0.5 - 1e-5 <= width / height <= 2 + 1e-5
+    assert (patch >= 0).numpy().all() and (patch <= 1 + 1e-6).numpy().all()
+    assert augment._iou(patch[None], boxes).numpy().max() >= min_iou
+    assert augment._centres_inside(boxes, patch[None]).numpy().any()
+  assert chosen >= 5  # 50 trials are often not enough for the strict samplers
+
+
+def test_patch_keeps_boxes_whose_centre_is_inside_clipped_to_it():
+  op = augment.sample_patch(False, (0.3,), (0.3, 1.0), (0.5, 2.0), 50)
+  boxes = np.array([[0.1, 0.1, 0.45, 0.5], [0.5, 0.4, 0.95, 0.9], [0.05, 0.7, 0.2, 0.95]],
+                   np.float32)
+  for seed in range(20):
+    out = op(_example(seed, boxes))
+    patch = out["window"].numpy()  # the window started as the unit square
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    inside = ((centres > patch[:2]) & (centres < patch[2:])).all(axis=1)
+    expected = (np.clip(boxes[inside], np.tile(patch[:2], 2), np.tile(patch[2:], 2)) -
+                np.tile(patch[:2], 2)) / np.tile(patch[2:] - patch[:2], 2)
+    np.testing.assert_allclose(out["boxes"], expected, atol=1e-5)
+    np.testing.assert_array_equal(out["labels"], np.arange(1, 4)[inside])
+
+
+def test_boxes_stay_in_the_unit_square_and_never_invert():
+  ops = augment.train_ops(_CONFIG)
+  boxes = ((0.0, 0.0, 0.02, 0.03), (0.97, 0.96, 1.0, 1.0), (0.2, 0.1, 0.8, 0.95),
+           (0.0, 0.0, 1.0, 1.0))
+  for seed in range(60):
+    out = augment.apply(ops, {**_example(seed, boxes), "difficult": tf.zeros([4], tf.bool)})
+    b = out["boxes"].numpy()
+    assert (b >= 0).all() and (b <= 1).all(), b
+    assert (b[:, 2:] > b[:, :2]).all(), b
+    assert len(b) >= 1 and len(b) == len(out["labels"]) == len(out["difficult"])
+    assert out["image"].shape == (64, 64, 3)
+
+
+def test_flipping_twice_is_the_identity():
+  flip, resize = augment.horizontal_flip(1.0), augment.resize(64, (0, 0, 0))
+  example = augment.expand(1.0, 2.0)(_example(3))
+  twice = flip(flip(example))
+  np.testing.assert_array_equal(twice["window"], example["window"])
+  np.testing.assert_allclose(twice["boxes"], example["boxes"], atol=1e-6)
+  np.testing.assert_array_equal(resize(twice)["image"], resize(example)["image"])
+  once = resize(flip(example))["image"].numpy()
+  np.testing.assert_allclose(once, resize(example)["image"].numpy()[:, ::-1], atol=1e-2)
+
+
+def _bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+  """Reference bilinear sampling of [H, W, C] at pixel coordinates ys [S] x xs [S]."""
+  y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+  y1, x1 = np.minimum(y0 + 1, image.shape[0] - 1), np.minimum(x0 + 1, image.shape[1] - 1)
+  wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+  top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
+  bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
+  return top * (1 - wy) + bottom * wy
+
+
+def test_resize_samples_pixel_centres_of_the_window():
+  example = _example(1)
+  image = example["image"].numpy().astype(np.float64)
+  centres = (np.arange(64) + 0.5) / 64
+  out = augment.resize(64, (1, 2, 3))(example)
+  np.testing.assert_allclose(out["image"], _bilinear(image, centres * 44, centres * 59), atol=1e-2)
+  assert out["inside"].numpy().min() == 1
+  window = tf.constant([0.5, -0.5, 1.5, 0.5])  # only the bottom left quarter shows the image
+  out = augment.resize(64, (1, 2, 3))({**example, "window": window})
+  u = 0.5 + centres  # x across the window, in image units
+  np.testing.assert_allclose(out["image"][32:, :32],
+                             _bilinear(image, (centres[32:] - 0.5) * 44, u[:32] * 59), atol=1e-2)
+  np.testing.assert_array_equal(out["image"][:32].numpy().reshape(-1, 3)[0], [1, 2, 3])
+  expected = np.zeros((64, 64))
+  expected[32:, :32] = 1
+  np.testing.assert_array_equal(out["inside"][..., 0], expected)
+
+
+def _scene(seed: int, height: int = 90, width: int = 120):
+  """A blue image with a red rectangle; returns (example, its box)."""
+  rng = np.random.default_rng(seed)
+  x0, y0 = rng.integers(0, width - 40), rng.integers(0, height - 30)
+  x1, y1 = x0 + rng.integers(25, 40), y0 + rng.integers(20, 30)
+  image = np.empty((height, width, 3), np.uint8)
+  image[...] = _BLUE
+  image[y0:y1, x0:x1] = _RED
+  box = (x0 / width, y0 / height, x1 / width, y1 / height)
+  return {**_example(seed, (box,), height, width), "image": tf.constant(image)}
+
+
+def test_boxes_follow_the_image_content_through_the_geometric_ops():
+  mean = (0.0, 255.0, 0.0)  # green fill: neither object nor background
+  ops = augment.train_ops(_CONFIG)[:3] + [augment.resize(64, mean)]
+  seen_expand = 0
+  for seed in range(40):
+    out = augment.apply(ops, _scene(seed))
+    image = out["image"].numpy()
+    seen_expand += (image[..., 1] > 200).any()
+    for x0, y0, x1, y1 in out["boxes"].numpy() * 64:
+      inner = image[int(np.ceil(y0)) + 1:int(y1) - 1, int(np.ceil(x0)) + 1:int(x1) - 1]
+      np.testing.assert_allclose(inner.reshape(-1, 3), np.broadcast_to(_RED, (inner.size // 3, 3)),
+                                 atol=1)
+      assert inner.size > 0
+      ring = np.concatenate([image[max(int(y0) - 2, 0), int(x0):int(x1)],
+                             image[min(int(np.ceil(y1)) + 1, 63), int(x0):int(x1)]])
+      assert not np.allclose(ring, _RED, atol=30) or y0 < 2 or y1 > 61  # red ends at the box
+  assert seen_expand > 0
+
+
+def test_photometric_distortion_leaves_the_fill_and_respects_ranges():
+  example = augment.resize(64, (100, 110, 120))(augment.expand(1.0, 3.0)(_example(5)))
+  inside = example["inside"].numpy() > 0
+  brightness = augment.photometric_distort(1.0, 32.0, 0, (1, 1), 0, (1, 1), 0, 0, 0.5, 0.0)
+  for seed in range(5):
+    out = brightness({**example, "seed": tf.constant([seed, 0], tf.int64)})["image"].numpy()
+    np.testing.assert_array_equal(out[~inside], example["image"].numpy()[~inside])
+    delta = out[inside] - example["image"].numpy()[inside]
+    unclipped = (out[inside] > 0) & (out[inside] < 255)
+    assert np.ptp(delta[unclipped]) < 1e-3 and abs(delta[unclipped][0]) <= 32
+  nothing = augment.photometric_distort(0, 32.0, 0, (0.5, 1.5), 0, (0.5, 1.5), 0, 18.0, 0.5, 0.0)
+  np.testing.assert_array_equal(nothing(example)["image"], example["image"])
+  everything = augment.photometric_distort(1, 32.0, 1, (0.5, 1.5), 1, (0.5, 1.5), 1, 18.0, 0.5, 1.0)
+  out = everything(example)["image"].numpy()
+  assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, example["image"])
+
+
+def test_normalize_uses_the_model_mean_and_std():
+  image = tf.fill([8, 8, 3], 255.0)
+  out = augment.normalize((0.5, 0.25, 0.0), (0.5, 0.25, 2.0))({"image": image})["image"].numpy()
+  np.testing.assert_allclose(out[0, 0], [1.0, 3.0, 0.5], rtol=1e-6)
+
+
+def test_seed_decides_everything():
+  ops = augment.train_ops(_CONFIG)
+  a, b = (augment.apply(ops, _example(0)) for _ in range(2))
+  np.testing.assert_array_equal(a["image"], b["image"])
+  other = augment.apply(ops, {**_example(0), "seed": tf.constant([1, 7], tf.int64)})
+  assert not np.array_equal(a["image"], other["image"])

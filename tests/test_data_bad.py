@@ -1,0 +1,177 @@
+"""Bad data: each case is repaired or skipped with a warning naming the file and counted."""
+
+import io
+import itertools
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssd_jax import data
+from ssd_jax.data import annotations
+import test_data_helpers as helpers
+
+_CLASSES = ("cat", "dog")
+_CAT = [("cat", (10, 10, 50, 40), False)]
+_BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">]>
+<annotation><size><width>80</width><height>60</height></size><object><name>&lol4;</name>
+<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"""
+_JPEG = helpers.jpeg_bytes(seed=3)
+
+
+def _bad_voc(root: str) -> None:
+  """A VOC folder with one image per kind of problem (ids name the problem)."""
+  png = helpers.jpeg_bytes(fmt="PNG", mode="RGBA")
+  images = {
+      "good": (_JPEG, helpers.voc_xml(_CAT)),
+      "corrupt": (b"this is not an image" * 20, helpers.voc_xml(_CAT)),
+      "truncated": (_JPEG[:len(_JPEG) // 2], helpers.voc_xml(_CAT)),
+      "gray": (helpers.jpeg_bytes(mode="L"), helpers.voc_xml(_CAT)),
+      "cmyk": (helpers.jpeg_bytes(seed=3, mode="CMYK"), helpers.voc_xml(_CAT)),
+      "png_named_jpg": (png, helpers.voc_xml(_CAT)),
+      "no_objects": (_JPEG, helpers.voc_xml([])),
+      "inverted": (_JPEG, helpers.voc_xml(_CAT + [("dog", (50, 10, 40, 30), False)])),
+      "outside": (_JPEG, helpers.voc_xml([("dog", (60, -5, 100, 30), False),
+                                          ("cat", (85, 10, 99, 20), False)])),
+      "unknown_class": (_JPEG, helpers.voc_xml(_CAT + [("unicorn", (1, 1, 9, 9), False)])),
+      "billion_laughs": (_JPEG, _BILLION_LAUGHS),
+      "malformed_xml": (_JPEG, "<annotation><size><width>80"),
+  }
+  helpers.write_voc(root, images, {"all": list(images) + ["missing_image", "real_png"]})
+  with open(os.path.join(root, "Annotations", "missing_image.xml"), "w") as f:
+    f.write(helpers.voc_xml(_CAT))
+  with open(os.path.join(root, "Annotations", "real_png.xml"), "w") as f:  # <filename> is a .png
+    f.write(helpers.voc_xml(_CAT).replace("x.jpg", "real_png.png"))
+  with open(os.path.join(root, "JPEGImages", "real_png.png"), "wb") as f:
+    f.write(helpers.jpeg_bytes(fmt="PNG"))
+
+
+_INDEX_PROBLEMS = {  # reason -> id of the file it names
+    "no objects to train on, image skipped for training": "no_objects",
+    "box with x_min >= x_max or y_min >= y_max, object dropped": "inverted",
+    "box leaves the image, clipped": "outside",
+    "box outside the image, object dropped": "outside",
+    "unknown class name, object dropped": "unknown_class",
+    "unsafe XML (entities or external references), image skipped": "billion_laughs",
+    "unreadable or malformed XML, image skipped": "malformed_xml",
+    "image file missing, image skipped": "missing_image",
+}
+_RUNTIME_PROBLEMS = {"not a JPEG, PNG, GIF or BMP image, skipped": "corrupt",
+                     "truncated image, skipped": "truncated"}
+_DECODABLE = ["good", "gray", "cmyk", "png_named_jpg", "inverted", "outside", "unknown_class",
+              "real_png"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bad")
+  _bad_voc(str(root / "VOCbad"))
+  return helpers.tiny_config("voc_folder", str(root), _CLASSES, (("VOCbad", "all"),),
+                             (("VOCbad", "all"),), batch_size=4, eval_batch_size=5)
+
+
+def test_index_time_problems_are_reported_with_their_file(config, caplog):
+  with caplog.at_level("WARNING"):
+    source = data.make_source(config, "train", 0, 1)
+  counts = source.problems.counts()
+  for reason, image_id in _INDEX_PROBLEMS.items():
+    assert reason in counts, reason
+    assert any(image_id in r.message and reason in r.message for r in caplog.records), reason
+  assert counts["box outside the image, object dropped"] == (1, 1)
+
+
+def test_examples_are_repaired_or_marked_invalid(config):
+  source = data.make_source(config, "train", 0, 1)
+  examples = {e["image_id"].decode(): e for e in data.examples(source).as_numpy_iterator()}
+  assert sorted(examples) == sorted(_DECODABLE + list(_RUNTIME_PROBLEMS.values()))
+  for image_id in _DECODABLE:
+    example = examples[image_id]
+    assert example["valid"] and example["image"].shape == (60, 80, 3), image_id
+  for image_id in _RUNTIME_PROBLEMS.values():
+    assert not examples[image_id]["valid"] and len(examples[image_id]["boxes"]) == 0
+  reference = np.asarray(Image.open(io.BytesIO(_JPEG)).convert("RGB"), int)
+  assert np.abs(examples["cmyk"]["image"].astype(int) - reference).mean() < 8  # converted to RGB
+  np.testing.assert_allclose(examples["outside"]["boxes"], [[0.75, 0, 1, 0.5]], atol=1e-6)
+  np.testing.assert_array_equal(examples["outside"]["labels"], [2])
+  np.testing.assert_array_equal(examples["unknown_class"]["labels"], [1])
+  np.testing.assert_array_equal(examples["inverted"]["labels"], [1])
+  counts = source.problems.counts()
+  for reason, image_id in _RUNTIME_PROBLEMS.items():
+    assert counts[reason] == (1, 1), reason
+
+
+def test_training_and_evaluation_run_through_bad_data(config, caplog):
+  source = data.make_source(config, "train", 0, 1)
+  with caplog.at_level("WARNING"):
+    batches = list(itertools.islice(data.train_iterator(config, source=source), 6))  # > 2 epochs
+  assert all(np.isfinite(b["image"]).all() for b in batches)
+  assert "after training epoch 2" in caplog.text
+  assert "truncated image, skipped: 1 in 1 file" in caplog.text
+  evaluation = list(data.eval_iterator(config))
+  valid = np.concatenate([b["valid"] for b in evaluation])
+  ids = np.concatenate([b["image_id"] for b in evaluation])
+  assert sorted(i.decode() for i in ids[valid]) == sorted(_DECODABLE + ["no_objects"])
+  assert len(ids) == 15  # 11 indexed examples (2 undecodable) in 3 batches of 5
+
+
+def test_strict_mode_raises_naming_the_file(config, tmp_path):
+  strict = config.copy_and_resolve_references()
+  strict.data.on_bad_data = "error"
+  with pytest.raises(data.BadDataError, match="on_bad_data"):
+    data.make_source(strict, "eval", 0, 1)
+  helpers.write_voc(str(tmp_path / "VOCtrunc"), {"t": (_JPEG[:300], helpers.voc_xml(_CAT))},
+                    {"all": ["t"]})
+  strict.data.update(data_dir=str(tmp_path), eval_splits=(("VOCtrunc", "all"),))
+  with pytest.raises(Exception, match=r"t\.jpg: truncated image"):
+    list(data.eval_iterator(strict))
+
+
+def test_coco_json_bad_entries(tmp_path, caplog):
+  images = {1: ("good.jpg", _JPEG), 2: ("../outside.jpg", None), 3: ("/etc/hostname", None),
+            4: ("missing.jpg", None), 5: ("sub/../gray.jpg", helpers.jpeg_bytes(mode="L")),
+            6: ("bad_boxes.jpg", _JPEG)}
+  annotations_ = [{"image_id": 1, "category_id": 1, "bbox": [8, 6, 40, 30]},
+                  {"image_id": 1, "category_id": 77, "bbox": [8, 6, 40, 30]},
+                  {"image_id": 5, "category_id": 2, "bbox": [0, 0, 10, 10]},
+                  {"image_id": 6, "category_id": 1, "bbox": [8, 6, -4, 30]},
+                  {"image_id": 6, "category_id": 2, "bbox": "oops"},
+                  {"image_id": 6, "category_id": 2, "bbox": [70, 50, 20, 20]},
+                  {"image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]}]
+  os.makedirs(tmp_path / "images" / "sub")
+  (tmp_path / "outside.jpg").write_bytes(_JPEG)
+  helpers.write_coco(str(tmp_path / "train.json"), str(tmp_path / "images"), images, annotations_,
+                     [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}])
+  config = helpers.tiny_config("coco_json", str(tmp_path), None, (("train.json", "images"),),
+                               (("train.json", "images"),))
+  config.model.num_classes = 3
+  with caplog.at_level("WARNING"):
+    source = data.make_source(config, "train", 0, 1)
+  examples = {e["image_id"]: e for e in data.examples(source).as_numpy_iterator()}
+  assert sorted(examples) == [1, 5, 6]
+  np.testing.assert_allclose(examples[6]["boxes"], [[70 / 80, 50 / 60, 1, 1]], atol=1e-6)
+  counts = source.problems.counts()
+  for reason, (files, _) in {"file_name points outside the image folder, image skipped": (2, 0),
+                             "image file missing, image skipped": (1, 0),
+                             "unknown class, object dropped": (1, 0),
+                             "non-finite box coordinates, object dropped": (1, 0),
+                             "box with x_min >= x_max or y_min >= y_max, object dropped": (1, 0),
+                             "box leaves the image, clipped": (1, 0),
+                             "annotation of an unknown image id, dropped": (1, 0)}.items():
+    assert counts[reason][0] == files, reason
+  assert "../outside.jpg" in caplog.text and "/etc/hostname" in caplog.text
+
+
+def test_relative_boxes_clips_and_drops():
+  problems = data.Problems()
+  boxes, keep = annotations.relative_boxes(
+      np.array([[10, 10, 50, 40], [-5, 0, 40, 70], [50, 10, 40, 30], [90, 5, 99, 9],
+                [np.nan, 1, 2, 3]]), 80, 60, "f.xml", problems)
+  np.testing.assert_array_equal(keep, [True, True, False, False, False])
+  np.testing.assert_allclose(boxes, [[10 / 80, 10 / 60, 50 / 80, 40 / 60], [0, 0, 0.5, 1]])
+  assert len(problems.counts()) == 4
+  assert annotations.path_inside("/data", "a/../../b.jpg") is None
+  assert annotations.path_inside("/data", "a/../b.jpg") == os.path.join("/data", "b.jpg")
