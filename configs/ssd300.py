@@ -93,7 +93,7 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.model.name = "ssd300_vgg16"
   config.model.image_size = 300
   config.model.num_classes = _NUM_CLASSES[variant]
-  config.model.dtype = "float32"  # compute dtype ("bfloat16" for mixed precision); params float32
+  config.model.dtype = "float32"  # compute dtype ("bfloat16": mixed precision); params float32
   config.model.width = 1.0  # channel multiplier; < 1 only for tiny test models
   # The model takes (x - input_mean) / input_std of RGB images in [0, 1]
   # (`ssd_jax.models.normalize_images`). These are the Caffe VGG16 numbers (mean-subtracted 0-255
@@ -117,6 +117,13 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.neg_pos_ratio = 3
   config.loss.alpha = 1.0
+
+  # Caffe ssd_pascal.py's DetectionOutput (ssd_jax.postprocess.detect_from_config).
+  config.detection = ml_collections.ConfigDict()
+  config.detection.score_threshold = 0.01  # candidates need score > threshold
+  config.detection.nms_iou_threshold = 0.45  # suppressed when IoU > threshold
+  config.detection.pre_nms_top_k = 400  # per class
+  config.detection.max_detections = 200  # per image
 
   config.data = _data_config(variant)
   config.augment = _augment_config()
@@ -150,4 +157,12 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data_devices = -1  # devices on the data axis; -1: all
+
+  config.eval = ml_collections.ConfigDict()
+  # voc07: VOC2007 11-point AP at IoU 0.5 (the paper's VOC numbers); voc: area under the curve
+  # (VOC2010+); coco: COCO AP@[.5:.95] and friends through pycocotools.
+  config.eval.metric = "coco" if variant == "coco" else "voc07"
+
+  config.predict = ml_collections.ConfigDict()
+  config.predict.score_threshold = 0.3  # drawn and listed by --mode=predict
   return config

@@ -39,7 +39,9 @@ def generate(image_size: int, feature_sizes: Sequence[int], steps: Sequence[floa
   """All priors of a square input of ``image_size`` pixels -> float32 [P, 4] cxcywh in [0, 1].
 
   Sizes and steps are in pixels (the explicit form of the released Caffe models).
-  ``clip`` clamps cx, cy, w and h to [0, 1], as torchvision's DefaultBoxGenerator does.
+  ``clip`` clamps w and h to [0, 1], as torchvision's DefaultBoxGenerator does (needed for its
+  converted weights); centres stay where they are, even those past the image edge (e.g. SSD300's
+  10x10 map with step 32 puts its last centres at 1.01).
   """
   lengths = {len(feature_sizes), len(steps), len(min_sizes), len(max_sizes), len(aspect_ratios)}
   if len(lengths) != 1:
@@ -56,7 +58,7 @@ def generate(image_size: int, feature_sizes: Sequence[int], steps: Sequence[floa
     levels.append(level.reshape(-1, 4))
   priors = np.concatenate(levels, axis=0)
   if clip:
-    priors = np.clip(priors, 0.0, 1.0)
+    priors[:, 2:] = np.clip(priors[:, 2:], 0.0, 1.0)
   return priors.astype(np.float32)
 
 

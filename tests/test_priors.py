@@ -88,8 +88,11 @@ def test_clip_clamps_to_unit_square(ssd300_config):
   unclipped = priors.generate(300, p.feature_sizes, p.steps, p.min_sizes, p.max_sizes, p.aspect_ratios)
   clipped = priors.generate(300, p.feature_sizes, p.steps, p.min_sizes, p.max_sizes,
                             p.aspect_ratios, clip=True)
-  assert unclipped.max() > 1 and clipped.max() == 1 and clipped.min() >= 0
-  np.testing.assert_array_equal(clipped, np.clip(unclipped, 0, 1))
+  assert unclipped[:, 2:].max() > 1 and clipped[:, 2:].max() == 1
+  np.testing.assert_array_equal(clipped[:, 2:], np.clip(unclipped[:, 2:], 0, 1))
+  # Centres are never moved, even the ones past the edge (10x10 map, step 32: 9.5 * 32 / 300).
+  np.testing.assert_array_equal(clipped[:, :2], unclipped[:, :2])
+  assert clipped[:, 0].max() == pytest.approx(9.5 * 32 / 300)
 
 
 def test_bad_prior_config_raises():

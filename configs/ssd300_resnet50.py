@@ -1,0 +1,22 @@
+"""SSD300 on ResNet-50, as NVIDIA's SSD300 v1.1 (DeepLearningExamples, PyTorch/Detection/SSD).
+
+ResNet-50 (v1.5) cut after layer3 with layer3 at stride 1 (first source map 38x38, 1024
+channels), five extra levels with BatchNorm; priors, matching and loss as configs/ssd300.py
+(pass `:coco` for NVIDIA's COCO setup: prior sizes 21..315 and 81 classes).
+Backbone init: torchvision's ImageNet ResNet-50, hence the ImageNet input normalisation.
+Command: `python -m ssd_jax.main --config=configs/ssd300_resnet50.py:coco --workdir=<dir>`.
+Reference result: NVIDIA reports about 25 COCO val2017 box AP after 65 epochs.
+"""
+
+import ml_collections
+
+from ssd_jax import config_utils
+
+
+def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
+  """SSD300-ResNet50; ``variant`` in {"voc", "coco"} as in configs/ssd300.py."""
+  config = config_utils.sibling_config(__file__, "ssd300", variant)
+  config.model.name = "ssd300_resnet50"
+  config.model.input_mean = (0.485, 0.456, 0.406)
+  config.model.input_std = (0.229, 0.224, 0.225)
+  return config

@@ -1,0 +1,30 @@
+"""torchvision's `ssd300_vgg16` (COCO_V1 weights: 25.1 box AP on COCO val2017), converted.
+
+The SSD300-VGG16 architecture with torchvision's settings: 91 classes (index = COCO category
+id, 1..90 with torchvision's "N/A" gaps; 0 = background), anchor scales 0.07, 0.15, 0.33, 0.51,
+0.69, 0.87, 1.05 (21..315 pixels) with w, h clamped to [0, 1] (`priors.clip`), and its input
+normalisation: GeneralizedRCNNTransform resizes to 300x300 and computes (x - mean) / std with
+mean (0.48235, 0.45882, 0.40784), std 1/255. Its box coder's weights (10, 10, 5, 5) on
+(dx, dy, dw, dh) are our variances (0.1, 0.2) on (cx, cy, w, h): same offsets, same order.
+Convert: `python -m ssd_jax.convert --config=configs/ssd300_torchvision_coco.py
+  --input=ssd300_vgg16_coco-b556d3b4.pth --output=/abs/path/ckpt`, then train or evaluate with
+`config.init_from` pointing at the checkpoint (`ssd_jax.convert.load_params`).
+"""
+
+import ml_collections
+
+from ssd_jax import config_utils
+
+_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """SSD300-VGG16 with torchvision's COCO classes, priors and normalisation."""
+  config = config_utils.sibling_config(__file__, "ssd300", "coco")
+  config.model.num_classes = 91
+  config.model.input_mean = (0.48235, 0.45882, 0.40784)
+  config.model.input_std = (1 / 255, 1 / 255, 1 / 255)
+  config.priors.min_sizes = tuple(300 * s for s in _SCALES[:-1])
+  config.priors.max_sizes = tuple(300 * s for s in _SCALES[1:])
+  config.priors.clip = True
+  return config

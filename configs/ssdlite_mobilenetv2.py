@@ -1,0 +1,35 @@
+"""SSDLite on MobileNetV2 at 320x320 (Sandler et al. 2018, section 6.2), for mobile inference.
+
+Source maps 20, 10, 5, 3, 2, 1 (see ssd_jax/models/mobilenet.py); depthwise-separable heads.
+Priors follow torchvision's `ssdlite320_mobilenet_v3_large` (not the TF object-detection API's
+anchor generator of the paper): scales 0.2 + 0.15 k (k = 0..5) and 1.0 for the extra box of the
+last map, aspect ratios [2, 3] on every map (6 boxes per cell), cell centres (i + 0.5) / f_k and
+w, h clamped to [0, 1]: 3234 priors. The steps below are 320 / f_k in pixels.
+Backbone init: torchvision's ImageNet MobileNetV2, hence the ImageNet input normalisation.
+Command: `python -m ssd_jax.main --config=configs/ssdlite_mobilenetv2.py:coco --workdir=<dir>`.
+Reference result: the paper reports 22.1 COCO test-dev AP (TF, its own anchors and recipe).
+"""
+
+import ml_collections
+
+from ssd_jax import config_utils
+
+_SCALES = (0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0)
+
+
+def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
+  """SSDLite320-MobileNetV2; ``variant`` in {"voc", "coco"} as in configs/ssd300.py."""
+  config = config_utils.sibling_config(__file__, "ssd300", variant)
+  config.model.name = "ssdlite320_mobilenetv2"
+  config.model.image_size = 320
+  config.model.input_mean = (0.485, 0.456, 0.406)
+  config.model.input_std = (0.229, 0.224, 0.225)
+
+  feature_sizes = (20, 10, 5, 3, 2, 1)
+  config.priors.feature_sizes = feature_sizes
+  config.priors.steps = tuple(320 / size for size in feature_sizes)
+  config.priors.min_sizes = tuple(320 * s for s in _SCALES[:-1])
+  config.priors.max_sizes = tuple(320 * s for s in _SCALES[1:])
+  config.priors.aspect_ratios = ((2, 3),) * 6
+  config.priors.clip = True
+  return config

@@ -1,0 +1,119 @@
+"""``--mode=eval`` and the periodic evaluation of training: mAP of a detector on the eval split.
+
+Detection runs on the device in one jit (model + NMS); boxes are mapped back to pixels of the
+original images on the host and scored with ``config.eval.metric`` (VOC07 11-point, VOC area, or
+COCO through pycocotools). Results go to ``<workdir>/eval/step_<N>/`` (metrics.json, a picture of
+the detections on the first images and, for VOC, the precision-recall curves) and to TensorBoard;
+the training loop also keeps the best checkpoint by mAP in ``<workdir>/best``.
+"""
+
+import json
+import logging
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from PIL import Image
+
+from ssd_jax import data, parallel, predict
+from ssd_jax.evaluation import coco, plots, voc
+from ssd_jax.inference import Detector
+
+METRICS = ("voc07", "voc", "coco")
+
+
+def collect(detector: Detector, config: ml_collections.ConfigDict,
+            source: data.Source) -> tuple[voc.Collector, dict[str, np.ndarray]]:
+  """Runs ``detector`` over the eval split. Returns the per-image detections and ground truth in
+  original pixels (gathered from every process), and the first batch with its detections."""
+  collector = voc.Collector()
+  mesh = parallel.create_mesh(config)
+  first = None
+  for batch in data.eval_iterator(config, source):
+    images = parallel.global_batch({"image": batch["image"]}, mesh)["image"]
+    outputs = dict(zip(("det_boxes", "det_scores", "det_classes", "det_valid"), detector(images)))
+    if jax.process_count() > 1:  # every process sees the whole split's results
+      batch = multihost_utils.process_allgather(batch, tiled=True)
+    outputs = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+               for k, v in outputs.items()}
+    collector.add_batch({**batch, **outputs})
+    first = first or {**batch, **outputs}
+  return collector, first
+
+
+def detection_grid(batch: dict[str, np.ndarray], config: ml_collections.ConfigDict,
+                   class_names: tuple[str, ...], count: int = 16) -> Image.Image:
+  """The first ``count`` valid images of an eval batch (as the model saw them) with their
+  detections above ``config.predict.score_threshold`` drawn, side by side in a grid."""
+  mean, std = np.asarray(config.model.input_mean), np.asarray(config.model.input_std)
+  size = config.model.image_size
+  tiles = []
+  for i in np.flatnonzero(batch["valid"])[:count]:
+    pixels = np.clip((batch["image"][i] * std + mean) * 255, 0, 255).astype(np.uint8)
+    keep = batch["det_valid"][i] & (batch["det_scores"][i] >= config.predict.score_threshold)
+    labels = batch["det_classes"][i][keep]
+    tiles.append(predict.draw(Image.fromarray(pixels), batch["det_boxes"][i][keep] * size,
+                              batch["det_scores"][i][keep], [class_names[l - 1] for l in labels],
+                              labels))
+  columns = min(4, len(tiles))
+  grid = Image.new("RGB", (columns * size, -(-len(tiles) // columns) * size))
+  for index, tile in enumerate(tiles):
+    grid.paste(tile, ((index % columns) * size, (index // columns) * size))
+  return grid
+
+
+def score(collector: voc.Collector, config: ml_collections.ConfigDict,
+          source: data.Source) -> dict:
+  """The metrics of ``config.eval.metric`` on collected detections."""
+  metric = config.eval.metric
+  if metric not in METRICS:
+    raise ValueError(f"config.eval.metric={metric!r}: expected one of {METRICS}")
+  if metric == "coco":
+    return coco.evaluate(collector.detections, collector.ground_truths, collector.image_sizes,
+                         source.category_ids)
+  return voc.evaluate(collector.detections, collector.ground_truths, config.model.num_classes,
+                      use_07_metric=metric == "voc07")
+
+
+def evaluate_detector(detector: Detector, config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates ``detector`` and writes the results under ``<workdir>/eval/step_<step>``."""
+  source = data.make_source(config, "eval")
+  collector, first = collect(detector, config, source)
+  count = collector.num_images
+  result = score(collector, config, source)
+  summary = summarise(result, source.class_names)
+  logging.info("eval at step %d on %d images: %s", detector.step, count,
+               ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("AP/")))
+  if jax.process_index() == 0:
+    folder = os.path.join(workdir, "eval", f"step_{detector.step}")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+      json.dump({"step": detector.step, "images": count, **summary}, f, indent=2)
+    if "precision" in result:
+      plots.plot_precision_recall(result, source.class_names, os.path.join(folder, "pr_curves.png"))
+    if first is not None and first["valid"].any():
+      detection_grid(first, config, source.class_names).save(os.path.join(folder, "detections.png"))
+  return summary
+
+
+def summarise(result: dict, class_names: tuple[str, ...]) -> dict[str, float]:
+  """Flat {name: float} metrics: mAP (or COCO's AP...), then AP per class name."""
+  summary = {k: float(v) for k, v in result.items() if np.isscalar(v) and not isinstance(v, str)}
+  for label, ap in result.get("AP", {}).items():
+    summary[f"AP/{class_names[label - 1]}"] = float(ap)
+  return summary
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> dict:
+  """``--mode=eval``: evaluates checkpoint ``step`` (default: the latest) of ``workdir``."""
+  return evaluate_detector(Detector.restore(config, workdir, step), config, workdir)
+
+
+def periodic(config: ml_collections.ConfigDict, workdir: str) -> Callable:
+  """The training loop's evaluation: ``evaluate(state, step) -> metrics``."""
+  def run(state, step: int) -> dict[str, float]:
+    return evaluate_detector(Detector.from_state(config, state), config, workdir)
+  return run

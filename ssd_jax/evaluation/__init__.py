@@ -1,0 +1,3 @@
+"""Detection evaluation: VOC AP (``voc``), COCO AP through pycocotools (``coco``), precision/recall
+plots (``plots``). Import the submodule you need: ``coco`` and ``plots`` pull in pycocotools and
+matplotlib."""

@@ -1,0 +1,81 @@
+"""A trained detector for evaluation and prediction: restore a checkpoint, run model + NMS in one jit.
+
+``Detector.restore(config, workdir, step)`` loads the parameters (and BatchNorm statistics) of a
+training checkpoint; ``detector(images)`` maps normalised images [B, S, S, 3] to static-shape
+detections on the device: boxes [B, K, 4] xyxy in [0, 1], scores [B, K], classes [B, K] int32 in
+1..C-1 and valid [B, K].
+"""
+
+import dataclasses
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ssd_jax import checkpoint, models, parallel, postprocess, priors
+from ssd_jax import train_step as step_lib
+
+Detections = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def detect_images(params: nnx.State, model_state: nnx.State, images: jax.Array, *,
+                  graphdef: nnx.GraphDef, prior_boxes: np.ndarray,
+                  config: ml_collections.ConfigDict) -> Detections:
+  """Model (in eval mode) then batched per-class NMS; a pure function for jax.jit."""
+  outputs = nnx.merge(graphdef, params, model_state)(images)
+  d = config.detection
+  return postprocess.detect(
+      outputs.loc, outputs.logits, jnp.asarray(prior_boxes),
+      variances=tuple(config.matching.variances), score_threshold=d.score_threshold,
+      nms_iou_threshold=d.nms_iou_threshold, pre_nms_top_k=d.pre_nms_top_k,
+      max_detections=d.max_detections)
+
+
+@dataclasses.dataclass
+class Detector:
+  """The eval-mode model of ``config`` with its parameters, and one jitted detect function."""
+  config: ml_collections.ConfigDict
+  params: nnx.State
+  model_state: nnx.State
+  step: int
+  graphdef: nnx.GraphDef
+
+  def __post_init__(self):
+    self._detect = jax.jit(functools.partial(
+        detect_images, graphdef=self.graphdef, prior_boxes=priors.from_config(self.config),
+        config=self.config))
+
+  def __call__(self, images: np.ndarray) -> Detections:
+    return self._detect(self.params, self.model_state, images)
+
+  @classmethod
+  def from_state(cls, config: ml_collections.ConfigDict, state: step_lib.TrainState) -> "Detector":
+    """The detector of a train state (e.g. during training, for periodic evaluation)."""
+    return cls(config, state.params, state.model_state, int(jax.device_get(state.step)),
+               eval_graphdef(config))
+
+  @classmethod
+  def restore(cls, config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> "Detector":
+    """The detector of checkpoint ``step`` (default: the latest) in ``workdir``."""
+    from ssd_jax import train  # train imports the input pipeline; only needed here
+    abstract = train.abstract_train_state(config, parallel.create_mesh(config))
+    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
+    restored = checkpoint.restore(manager, abstract, step)
+    manager.close()
+    if restored is None:
+      raise FileNotFoundError(f"no checkpoint in {manager.directory}: train first "
+                              "(--mode=train with the same --workdir)")
+    state, _ = restored
+    logging.info("detector from step %d of %s", int(state.step), workdir)
+    return cls.from_state(config, state)
+
+
+def eval_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+  """The graph of ``config``'s model in eval mode (BatchNorm on its running statistics)."""
+  model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+  model.eval()
+  return nnx.graphdef(model)

@@ -1,0 +1,116 @@
+"""Building blocks shared by the SSD backbones: convolutions with PyTorch padding, conv+BN+act,
+max pooling with ceil mode and the L2Norm of conv4_3.
+
+All modules take NHWC inputs. ``dtype`` is the compute dtype (e.g. bfloat16); parameters are
+always float32, so mixed precision needs no copy of the weights.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Activation = Callable[[Array], Array] | None
+
+# Initialisers of the PyTorch references: torchvision VGG/ResNet convs use Kaiming normal with
+# fan_out, the SSD extra layers and heads Xavier uniform with zero biases.
+kaiming_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+xavier_uniform = nnx.initializers.xavier_uniform()
+
+
+def scale_channels(channels: int, width: float, minimum: int = 8) -> int:
+  """Channels of a layer under the ``config.model.width`` multiplier (1.0 = the published model)."""
+  return channels if width == 1.0 else max(minimum, int(round(channels * width)))
+
+
+def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+         padding: int = 0, dilation: int = 1, groups: int = 1, use_bias: bool = True,
+         kernel_init=xavier_uniform, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
+  """A square 2-D convolution with PyTorch's symmetric integer padding (not XLA "SAME").
+
+  Explicit padding keeps feature-map sizes, and what converted weights see, identical to the
+  PyTorch references: on an even input XLA's "SAME" pads a stride-2 conv at the bottom/right
+  only, PyTorch on both sides.
+  """
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+                  padding=((padding, padding), (padding, padding)),
+                  kernel_dilation=dilation, feature_group_count=groups, use_bias=use_bias,
+                  kernel_init=kernel_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+class ConvBN(nnx.Module):
+  """Conv (no bias) -> BatchNorm -> activation, the unit of the ResNet and MobileNet models."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+               padding: int | None = None, groups: int = 1, activation: Activation = nnx.relu,
+               bn_momentum: float = 0.9, bn_epsilon: float = 1e-5, kernel_init=kaiming_fan_out,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    padding = (kernel_size - 1) // 2 if padding is None else padding
+    self.conv = conv(in_features, out_features, kernel_size, stride=stride, padding=padding,
+                     groups=groups, use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                     rngs=rngs)
+    self.bn = batch_norm(out_features, momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype,
+                         rngs=rngs)
+    self.activation = activation
+
+  def __call__(self, x: Array) -> Array:
+    x = self.bn(self.conv(x))
+    return x if self.activation is None else self.activation(x)
+
+
+def batch_norm(features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
+               dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """BatchNorm over the channel axis; ``momentum`` is flax's (PyTorch momentum m -> 1 - m).
+
+  Starts in training mode (batch statistics); ``model.eval()`` switches to the running averages.
+  """
+  return nnx.BatchNorm(features, use_running_average=False, momentum=momentum, epsilon=epsilon,
+                       dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def relu6(x: Array) -> Array:
+  """min(max(x, 0), 6), the MobileNet activation."""
+  return jnp.clip(x, 0, 6)
+
+
+def max_pool(x: Array, window: int, stride: int, padding: int = 0,
+             ceil_mode: bool = False) -> Array:
+  """Max pooling of [B, H, W, C] with PyTorch semantics (padding with -inf, optional ceil mode).
+
+  Ceil mode pads the bottom/right just enough for one more window, which is how VGG's pool3
+  maps 75 -> 38 in SSD300.
+  """
+  def pads(size: int) -> tuple[int, int]:
+    extra = 0
+    if ceil_mode:
+      extra = (-(size + 2 * padding - window)) % stride
+      # PyTorch drops a last window that would start entirely in the padding.
+      if (size + 2 * padding - window + extra) // stride * stride >= size + padding:
+        extra = 0
+    return padding, padding + extra
+  # A Python -inf init (not an array) lets JAX see a max monoid and use its differentiable rule.
+  return jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+      (1, stride, stride, 1), ((0, 0), pads(x.shape[1]), pads(x.shape[2]), (0, 0)))
+
+
+class L2Norm(nnx.Module):
+  """Per-position L2 normalisation over channels times a learned per-channel scale (ParseNet).
+
+  SSD applies it to conv4_3, whose activations are much larger than those of later layers;
+  the scale starts at 20. Computed in float32 whatever the compute dtype, as bfloat16 sums of
+  squares over 512 channels are imprecise.
+  """
+
+  def __init__(self, channels: int, init_scale: float = 20.0, eps: float = 1e-12,
+               dtype=jnp.float32):
+    self.scale = nnx.Param(jnp.full((channels,), init_scale, jnp.float32))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
+    return (x32 / jnp.maximum(norm, self.eps) * self.scale[...]).astype(self.dtype)

@@ -1,0 +1,135 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+Sections: mesh, input, model and optimiser, restore, loop. The loop resumes from the latest
+checkpoint in ``workdir``, saves every ``config.train.checkpoint_every`` steps and at the end,
+saves and returns on SIGTERM (preemption), and stops on a non-finite loss without saving it.
+"""
+
+import logging
+import signal
+import threading
+from typing import Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ssd_jax import checkpoint, convert, data, models, optimizer, parallel, priors, progress
+from ssd_jax import train_step as step_lib
+
+EvaluateFn = Callable[[step_lib.TrainState, int], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or the gradients became NaN or infinite."""
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls between steps (main thread only)."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self.previous = None
+    if threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+
+  def close(self) -> None:
+    """Gives SIGTERM back to whoever handled it before (matters when called from a notebook)."""
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:  # every process must stop at the same step
+      from jax.experimental import multihost_utils
+      return self.requested.is_set() or multihost_utils.reached_preemption_sync_point(step)
+    return self.requested.is_set()
+
+
+def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+  return {name: float(value) for name, value in jax.device_get(metrics).items()}
+
+
+def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
+  """(graphdef, replicated fresh state, tx, schedule) of ``config``'s model and optimiser."""
+  model = models.create_model(config, nnx.Rngs(config.train.seed))
+  if config.train.init_from:
+    convert.load_params(config.train.init_from, model)
+    logging.info("initialised parameters from %s", config.train.init_from)
+  tx, schedule = optimizer.create_optimizer(config)
+  graphdef, state = step_lib.create_train_state(model, tx)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  return graphdef, state, tx, schedule
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh) -> step_lib.TrainState:
+  """Shapes, dtypes and (replicated) shardings of ``config``'s train state, without computing it."""
+  tx, _ = optimizer.create_optimizer(config)
+  init = lambda: step_lib.create_train_state(models.create_model(config, nnx.Rngs(0)), tx)[1]
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      jax.eval_shape(init))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       evaluate: EvaluateFn | None = None) -> step_lib.TrainState:
+  """Trains ``config`` in ``workdir`` (resuming there) and returns the final train state.
+
+  ``evaluate(state, step)``, when given, runs every ``config.train.eval_every`` steps and at
+  the end; its metrics are logged and written to TensorBoard.
+  """
+  # Mesh.
+  mesh = parallel.create_mesh(config)
+  parallel.check_batch_size(config.data.batch_size, mesh)
+
+  # Model and optimiser.
+  graphdef, state, tx, schedule = initial_state(config, mesh)
+  progress.log_startup(state.params, mesh, config.data.batch_size)
+
+  # Restore.
+  manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
+  restored = checkpoint.restore(manager, state)
+  if restored is not None:
+    state, _ = restored
+  start_step = int(jax.device_get(state.step))
+  total_steps = config.train.num_steps
+
+  # Input.
+  batches: Iterator[dict[str, np.ndarray]] = data.train_iterator(config, start_step)
+
+  step_fn = step_lib.jit_train_step(mesh, state, graphdef=graphdef, tx=tx, schedule=schedule,
+                                    priors=priors.from_config(config), config=config)
+  report = progress.Progress(workdir, total_steps, config.data.batch_size,
+                             config.train.log_every_seconds, start_step)
+  preemption = _Preemption()
+  best = checkpoint.BestKeeper(workdir)
+  meta = lambda step: {"step": step, "examples_seen": step * config.data.batch_size}
+
+  # Loop.
+  step = start_step
+  while step < total_steps:
+    batch = parallel.global_batch(next(batches), mesh)
+    state, metrics = step_fn(state, batch)
+    step += 1
+    host = _host_metrics(metrics)
+    if not host["finite"]:
+      raise NonFiniteLossError(
+          f"non-finite loss or gradients at step {step} (loss {host['loss']}); nothing was saved "
+          f"for it. Last good checkpoint: step {manager.latest_step()} in {manager.directory}. "
+          "Lower config.optimizer.learning_rate, or set config.train.skip_nonfinite=True.")
+    if report.due() or step == total_steps:
+      report.report(step, host)
+    if step % config.train.checkpoint_every == 0 or step == total_steps:
+      checkpoint.save(manager, state, meta(step))
+    if evaluate is not None and (step % config.train.eval_every == 0 or step == total_steps):
+      summary = evaluate(state, step)
+      report.write(step, summary, prefix="eval")
+      best.consider(state, summary, meta(step))
+    if preemption.reached(step):
+      logging.warning("SIGTERM: saving step %d and stopping; run again to resume", step)
+      checkpoint.save(manager, state, meta(step))
+      break
+  preemption.close()
+  manager.close()
+  best.manager.close()
+  return state

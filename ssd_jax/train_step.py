@@ -1,0 +1,96 @@
+"""The train state and the pure, jit-compiled train step.
+
+``train_step(state, batch) -> (state, metrics)``: forward pass, matching/encoding of the padded
+ground truth against the priors (vmapped, on the device), MultiBox loss, gradients and the optax
+update. It is jitted once with the batch sharded on the mesh's ``data`` axis, the state
+replicated and donated.
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from ssd_jax import losses, matching, parallel
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes: a pytree, so it can be jitted, sharded, donated and saved."""
+  step: jax.Array  # int32 scalar: steps taken
+  params: nnx.State  # the model's nnx.Param variables
+  model_state: nnx.State  # every other variable (BatchNorm statistics)
+  opt_state: optax.OptState
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+  """Splits a model (in training mode) into its graph definition and a fresh train state."""
+  model.train()
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params))
+  return graphdef, state
+
+
+def _loss_fn(params: nnx.State, model_state: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
+             priors: np.ndarray, config: ml_collections.ConfigDict):
+  """Scalar loss and (metrics, updated model state) of one batch."""
+  model = nnx.merge(graphdef, params, model_state)
+  outputs = model(batch["image"])  # normalised by the input pipeline
+  loc_targets, cls_targets = matching.match_batch(
+      batch["boxes"], batch["labels"], batch["mask"], jnp.asarray(priors),
+      config.matching.iou_threshold, tuple(config.matching.variances))
+  loss, metrics = losses.multibox_loss(
+      outputs.loc, outputs.logits, loc_targets, cls_targets,
+      config.loss.neg_pos_ratio, config.loss.alpha)
+  _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+  return loss, (metrics, new_model_state)
+
+
+def _keep_if(finite: jax.Array, new: Any, old: Any) -> Any:
+  """``new`` where the step was finite, else ``old`` (leaf by leaf)."""
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, priors: np.ndarray,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
+  """One optimisation step on a global batch (images, padded boxes [B, G, 4], labels, mask).
+
+  A non-finite loss or gradient is reported in ``metrics["finite"]``; with
+  ``config.train.skip_nonfinite`` the update is dropped, otherwise the caller stops the run.
+  """
+  grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
+  (loss, (metrics, model_state)), grads = grad_fn(
+      state.params, state.model_state, batch, graphdef, priors, config)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if config.train.skip_nonfinite:
+    params, opt_state, model_state = _keep_if(
+        finite, (params, opt_state, model_state), (state.params, state.opt_state, state.model_state))
+  metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
+                 learning_rate=schedule(state.step), finite=finite)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=model_state)
+  return new_state, metrics
+
+
+def jit_train_step(mesh: Mesh, state: TrainState, **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """``train_step`` jitted once: state replicated and donated, batch sharded on ``data``."""
+  replicated = parallel.replicated(mesh)
+  state_sharding = jax.tree.map(lambda _: replicated, state)
+  return jax.jit(functools.partial(train_step, **kwargs),
+                 in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)

@@ -1,0 +1,68 @@
+"""Smoke test of the three modes of the command on the tiny quickstart: every output exists and parses."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from conftest import CONFIG_DIR
+
+REPO = os.path.dirname(CONFIG_DIR)
+
+
+def run(*flags, cwd=REPO):
+  result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
+                           f"--config={os.path.join(CONFIG_DIR, 'quickstart.py')}:tiny", *flags],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result.stderr
+
+
+def test_train_eval_predict_write_their_outputs(tmp_path):
+  workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
+  common = (f"--workdir={workdir}", f"--config.data.data_dir={data_dir}")
+  log = run(*common)
+  assert "step 8/8" in log and "eval at step 8" in log
+
+  assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "ssd_tiny"
+  assert "step 8/8" in open(os.path.join(workdir, "log.txt")).read()
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+  assert os.listdir(os.path.join(workdir, "best")) == ["8"]
+  metrics = json.load(open(os.path.join(workdir, "eval", "step_8", "metrics.json")))
+  assert metrics["images"] == 16 and 0 <= metrics["mAP"] <= 1
+  for picture in ("pr_curves.png", "detections.png"):
+    Image.open(os.path.join(workdir, "eval", "step_8", picture)).verify()
+
+  log = run(*common, "--mode=eval", "--step=4")
+  assert "eval at step 4 on 16 images" in log
+  assert os.path.isfile(os.path.join(workdir, "eval", "step_4", "metrics.json"))
+
+  images = sorted(glob.glob(os.path.join(data_dir, "shapes-*", "JPEGImages", "test_*.jpg")))[:3]
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(b"not an image")
+  output = str(tmp_path / "predictions")
+  log = run(*common, "--mode=predict", f"--images={','.join(images + [str(broken)])}",
+            f"--output={output}")
+  assert "broken.jpg" in log and "predicted 3 of 4 images" in log
+  lines = [json.loads(line) for line in open(os.path.join(output, "detections.jsonl"))]
+  assert [os.path.basename(line["file"]) for line in lines] == [os.path.basename(p) for p in images]
+  for line in lines:
+    assert line["width"] == line["height"] == 64
+    for detection in line["detections"]:
+      assert detection["score"] >= 0.3 and len(detection["box"]) == 4
+    stem = os.path.splitext(os.path.basename(line["file"]))[0]
+    assert Image.open(os.path.join(output, stem + ".png")).size == (64, 64)
+
+
+def test_eval_without_checkpoint_says_to_train_first(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
+                           f"--config={os.path.join(CONFIG_DIR, 'quickstart.py')}:tiny",
+                           f"--workdir={tmp_path}", f"--config.data.data_dir={tmp_path}", "--mode=eval"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert "no checkpoint in" in result.stderr and "train first" in result.stderr
+  assert "Traceback" not in result.stderr

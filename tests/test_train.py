@@ -1,0 +1,156 @@
+"""The training loop and command on the tiny quickstart: resume, preemption, kills, bad flags,
+non-finite losses and two processes under jax.distributed."""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import CONFIG_DIR
+import test_train_step
+from ssd_jax import config_utils, parallel, train
+
+REPO = os.path.dirname(CONFIG_DIR)
+TINY = os.path.join(CONFIG_DIR, "quickstart.py") + ":tiny"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("shapes"))
+
+
+def tiny_config(data_dir, **train_fields):
+  config = config_utils.load_config(os.path.join(CONFIG_DIR, "quickstart.py"), "tiny")
+  config.data.data_dir = data_dir
+  config.train.update(train_fields)
+  return config
+
+
+def command(workdir, data_dir, *flags):
+  return [sys.executable, "-m", "ssd_jax.main", f"--config={TINY}", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", *flags]
+
+
+def checkpoint_steps(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit()) if os.path.isdir(folder) else []
+
+
+def test_resume_gives_the_same_parameters_as_training_straight(data_dir, tmp_path):
+  straight = train.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(tmp_path / "a"))
+  train.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(tmp_path / "b"))
+  resumed = train.train_and_evaluate(tiny_config(data_dir, num_steps=6), str(tmp_path / "b"))
+  assert int(resumed.step) == 6 and checkpoint_steps(tmp_path / "b")[-1] == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
+               jax.device_get(resumed.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
+               jax.device_get(resumed.opt_state))
+
+
+def test_nonfinite_loss_stops_without_saving_it(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_steps=8, checkpoint_every=1)
+  config.optimizer.learning_rate = 1e12
+  config.optimizer.warmup_steps = 0
+  with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+).*Last good checkpoint: step"):
+    train.train_and_evaluate(config, str(tmp_path))
+  saved = checkpoint_steps(tmp_path)
+  assert saved, "the finite steps before the failure are saved"
+  restored = train.checkpoint.restore(train.checkpoint.create_manager(str(tmp_path), 3),
+                                             train.initial_state(config, train.parallel.create_mesh(config))[1])
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(restored[0].params)))
+
+
+def _wait_for_checkpoint(process, workdir, timeout=120):
+  deadline = time.monotonic() + timeout
+  while not checkpoint_steps(workdir):
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    assert time.monotonic() < deadline, "no checkpoint appeared"
+    time.sleep(0.2)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
+  workdir = str(tmp_path)
+  process = subprocess.Popen(command(workdir, data_dir, "--config.train.num_steps=100000",
+                                     "--config.train.checkpoint_every=1000"),
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 120
+  while "step " not in open(os.path.join(workdir, "log.txt")).read() if os.path.exists(os.path.join(workdir, "log.txt")) else True:
+    assert process.poll() is None and time.monotonic() < deadline
+    time.sleep(0.2)
+  sent = time.monotonic()
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=60)[0]
+  assert process.returncode == 0, output[-3000:]
+  assert time.monotonic() - sent < 15
+  assert checkpoint_steps(workdir) and "SIGTERM: saving step" in output
+
+
+@pytest.mark.slow
+def test_kill_at_random_points_never_leaves_a_broken_checkpoint(data_dir, tmp_path):
+  workdir, rng = str(tmp_path), random.Random(0)
+  flags = ("--config.train.num_steps=400", "--config.train.checkpoint_every=1")
+  for _ in range(3):
+    process = subprocess.Popen(command(workdir, data_dir, *flags), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_checkpoint(process, workdir)
+    time.sleep(rng.uniform(0, 1.5))
+    process.kill()  # SIGKILL: no handler runs, possibly in the middle of a save
+    process.communicate()
+  before = checkpoint_steps(workdir)[-1]
+  result = subprocess.run(command(workdir, data_dir, "--config.train.num_steps=" + str(before + 2)),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"restored checkpoint at step {before}" in result.stderr
+  assert checkpoint_steps(workdir)[-1] == before + 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--config.train.no_such_field=1",), "no_such_field"),
+    (("--config.data.batch_size=-8",), "config.data.batch_size=-8: expected a positive integer"),
+    (("--config.data.batch_size=7", "--config.mesh.data_devices=2"), "config.data.batch_size=7"),
+    (("--config.model.name=ssd_huge",), "config.model.name='ssd_huge': expected one of"),
+])
+def test_bad_flags_give_one_clear_error(flags, message, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run(command(str(tmp_path), str(tmp_path), *flags), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_missing_workdir_is_named():
+  result = subprocess.run([sys.executable, "-m", "ssd_jax.main", f"--config={TINY}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode != 0 and "--workdir" in result.stderr and "Traceback" not in result.stderr
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_give_the_same_loss_as_one():
+  worker = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+  port = _free_port()
+  processes = [subprocess.Popen([sys.executable, worker, str(port), str(pid), "2"],
+                                cwd=os.path.dirname(__file__), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+  # The same two steps on the same global batch in this (single) process, meanwhile.
+  config = test_train_step.tiny_config(batch_size=8)
+  mesh, state, step = test_train_step.make_step(config)
+  for _ in range(2):
+    state, metrics = step(state, parallel.global_batch(test_train_step.fixed_batch(config), mesh))
+  for process in processes:
+    out, err = process.communicate(timeout=300)
+    line = [l for l in out.splitlines() if l.startswith("LOSS")]
+    assert line and line[0].endswith("DEVICES 2"), err[-3000:]
+    np.testing.assert_allclose(float(line[0].split()[1]), float(metrics["loss"]), rtol=1e-5)
