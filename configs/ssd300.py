@@ -138,6 +138,7 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.optimizer.bias_names = ("bias",)  # Caffe: lr_mult 2, decay_mult 0 on biases
   config.optimizer.bias_lr_multiplier = 2.0
   config.optimizer.no_decay_names = ()  # other parameter names without weight decay
+  config.optimizer.schedule = "piecewise"  # or "cosine" (ignores decay_steps)
   config.optimizer.decay_steps = (80_000, 100_000)
   config.optimizer.decay_factor = 0.1
   # Not in the paper; ssd.pytorch users add it because lr 1e-3 can diverge in the first steps.

@@ -18,12 +18,13 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import jax
 import numpy as np
 
 from ssd_jax import config_utils, postprocess, priors
+
+import timing  # experiments/timing.py, beside this script
 
 BATCH, CLASSES = 8, 21
 SCORE, NMS_IOU, TOP_K, KEEP = 0.01, 0.45, 400, 200
@@ -111,17 +112,6 @@ def check_agreement(ours, reference):
       raise AssertionError(f"image {i}: ssd_jax and numpy detections differ")
 
 
-def timeit(fn, repeats):
-  """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=10)
@@ -150,9 +140,9 @@ def main():
   device_priors = jax.device_put(prior_boxes)
   for name, image_logits in (("dense", logits), ("sparse", sparse)):
     device_loc, device_logits = jax.device_put(loc), jax.device_put(image_logits)
-    ours = timeit(lambda: postprocess.detect(device_loc, device_logits, device_priors),
+    ours = timing.median_seconds(lambda: postprocess.detect(device_loc, device_logits, device_priors),
                   args.repeats)
-    reference = timeit(lambda: numpy_detect(loc, image_logits, prior_boxes), args.repeats)
+    reference = timing.median_seconds(lambda: numpy_detect(loc, image_logits, prior_boxes), args.repeats)
     line = f"{name:8s} {ours * 1e3:10.2f} {reference * 1e3:9.2f} {reference / ours:7.1f}x"
     check_agreement(postprocess.detect(device_loc, device_logits, device_priors),
                     numpy_detect(loc, image_logits, prior_boxes))
@@ -161,7 +151,7 @@ def main():
       timings = {}
       for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
-        timings[threads] = timeit(lambda: torchvision_detect(*tensors), args.repeats)
+        timings[threads] = timing.median_seconds(lambda: torchvision_detect(*tensors), args.repeats)
       threads, baseline = min(timings.items(), key=lambda item: item[1])
       line += f" {baseline * 1e3:14.2f} {baseline / ours:7.1f}x  ({threads} torch thread(s))"
     print(line)

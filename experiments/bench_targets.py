@@ -14,13 +14,14 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import config_utils, losses, matching, priors
+
+import timing  # experiments/timing.py, beside this script
 
 BATCH, MAX_BOXES, VALID, CLASSES = 32, 50, 20, 21
 
@@ -67,17 +68,6 @@ def argsort_of_argsort_mask(values, k):
   return rank < k[:, None]
 
 
-def timeit(fn, repeats):
-  """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def make_inputs(prior_boxes):
   rng = np.random.default_rng(0)
   lo = rng.uniform(0, 0.8, (BATCH, MAX_BOXES, 2))
@@ -99,14 +89,14 @@ def main():
   gt, labels, mask, loc_pred, logits = make_inputs(prior_boxes)
 
   jax_match = jax.jit(matching.match_batch)
-  t_match = timeit(lambda: jax_match(gt, labels, mask, prior_boxes), args.repeats)
-  t_match_np = timeit(lambda: [numpy_match(*x, prior_boxes) for x in zip(gt, labels, mask)],
+  t_match = timing.median_seconds(lambda: jax_match(gt, labels, mask, prior_boxes), args.repeats)
+  t_match_np = timing.median_seconds(lambda: [numpy_match(*x, prior_boxes) for x in zip(gt, labels, mask)],
                       max(3, args.repeats // 4))
 
   loc_t, cls_t = (np.asarray(x) for x in jax_match(gt, labels, mask, prior_boxes))
   jax_loss = jax.jit(lambda *a: losses.multibox_loss(*a)[0])
-  t_loss = timeit(lambda: jax_loss(loc_pred, logits, loc_t, cls_t), args.repeats)
-  t_loss_np = timeit(lambda: numpy_loss(loc_pred, logits, loc_t, cls_t), max(3, args.repeats // 4))
+  t_loss = timing.median_seconds(lambda: jax_loss(loc_pred, logits, loc_t, cls_t), args.repeats)
+  t_loss_np = timing.median_seconds(lambda: numpy_loss(loc_pred, logits, loc_t, cls_t), max(3, args.repeats // 4))
   np.testing.assert_allclose(jax_loss(loc_pred, logits, loc_t, cls_t),
                              numpy_loss(loc_pred, logits, loc_t, cls_t), rtol=1e-4)
 
@@ -114,8 +104,8 @@ def main():
   k = np.minimum(3 * (cls_t > 0).sum(1), (cls_t == 0).sum(1)).astype(np.int32)
   ours, double_sort = jax.jit(losses.top_k_mask), jax.jit(argsort_of_argsort_mask)
   np.testing.assert_array_equal(ours(mining, k), double_sort(mining, k))
-  t_topk = timeit(lambda: ours(mining, k), args.repeats)
-  t_double = timeit(lambda: double_sort(mining, k), args.repeats)
+  t_topk = timing.median_seconds(lambda: ours(mining, k), args.repeats)
+  t_double = timing.median_seconds(lambda: double_sort(mining, k), args.repeats)
 
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}, python {sys.version.split()[0]}")

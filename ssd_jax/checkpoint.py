@@ -17,12 +17,20 @@ import orbax.checkpoint as ocp
 STATE, META = "state", "meta"
 
 
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """A manager over ``<workdir>/checkpoints`` keeping the ``keep`` latest checkpoints."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options, item_names=(STATE, META))
+def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager over ``<workdir>/checkpoints`` keeping the ``keep`` latest checkpoints.
+
+  ``read_only`` (evaluation, prediction) neither creates the folder nor cleans up the unfinished
+  saves of a killed run, which is the training run's job (and races a short-lived process's exit).
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if read_only and not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}: train first "
+                            "(--mode=train with the same --workdir)")
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                         cleanup_tmp_directories=not read_only,
+                                         read_only=read_only)
+  return ocp.CheckpointManager(directory, options=options, item_names=(STATE, META))
 
 
 class BestKeeper:

@@ -63,7 +63,7 @@ class Detector:
     """The detector of checkpoint ``step`` (default: the latest) in ``workdir``."""
     from ssd_jax import train  # train imports the input pipeline; only needed here
     abstract = train.abstract_train_state(config, parallel.create_mesh(config))
-    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
+    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints, read_only=True)
     restored = checkpoint.restore(manager, abstract, step)
     manager.close()
     if restored is None:

@@ -19,12 +19,22 @@ def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
   return opt.learning_rate * config.data.batch_size / opt.reference_batch_size
 
 
+SCHEDULES = ("piecewise", "cosine")
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup from ``warmup_init_factor`` x lr, then piecewise-constant decay steps."""
+  """Linear warmup from ``warmup_init_factor`` x lr, then ``config.optimizer.schedule``:
+  "piecewise" (x ``decay_factor`` at each of ``decay_steps``, as Caffe's multistep) or "cosine"
+  (to 0 at ``config.train.num_steps``, as torchvision's SSDLite recipe)."""
   opt = config.optimizer
   peak = scaled_learning_rate(config)
-  decay = optax.piecewise_constant_schedule(
-      peak, {int(step): opt.decay_factor for step in opt.decay_steps})
+  if opt.schedule == "piecewise":
+    decay = optax.piecewise_constant_schedule(
+        peak, {int(step): opt.decay_factor for step in opt.decay_steps})
+  elif opt.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, config.train.num_steps)
+  else:
+    raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected one of {SCHEDULES}")
   if opt.warmup_steps <= 0:
     return decay
   warmup = optax.linear_schedule(peak * opt.warmup_init_factor, peak, opt.warmup_steps)

@@ -67,3 +67,13 @@ def test_unknown_optimizer_is_named(ssd300_config):
   config.optimizer.name = "adamw"
   with pytest.raises(ValueError, match="config.optimizer.name"):
     optimizer.create_optimizer(config)
+
+
+def test_cosine_schedule_ends_at_zero(ssd300_config):
+  config = ssd300_config.copy_and_resolve_references()
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 0
+  schedule = optimizer.learning_rate_schedule(config)
+  total = config.train.num_steps
+  np.testing.assert_allclose([schedule(0), schedule(total // 2), schedule(total)],
+                             [1e-3, 0.5e-3, 0.0], atol=1e-9)
