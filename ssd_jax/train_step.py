@@ -45,7 +45,8 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> t
 def _loss_fn(params: nnx.State, model_state: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
              priors: np.ndarray, config: ml_collections.ConfigDict):
   """Scalar loss and (metrics, updated model state) of one batch."""
-  model = nnx.merge(graphdef, params, model_state)
+  # copy=True: fresh Variables owned by this trace, so BatchNorm may update its statistics.
+  model = nnx.merge(graphdef, params, model_state, copy=True)
   outputs = model(batch["image"])  # normalised by the input pipeline
   loc_targets, cls_targets = matching.match_batch(
       batch["boxes"], batch["labels"], batch["mask"], jnp.asarray(priors),

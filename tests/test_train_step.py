@@ -105,3 +105,17 @@ def test_sharded_step_equals_single_device_step():
                           text=True, cwd=os.path.dirname(__file__), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "sharded step matches" in result.stdout
+
+
+def test_batchnorm_statistics_are_trained_by_the_step():
+  config = config_utils.load_config(os.path.join(CONFIG_DIR, "ssd300_resnet34.py"))
+  config.model.width = 0.125
+  config.data.batch_size = 2
+  config.data.max_boxes = 4
+  mesh, state, step = make_step(config)
+  before = jax.device_get(state.model_state)
+  state, metrics = step(state, parallel.global_batch(fixed_batch(config), mesh))
+  assert bool(metrics["finite"])
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before,
+                         jax.device_get(state.model_state))
+  assert all(jax.tree.leaves(changed)), "every BatchNorm statistic moves in a training step"
