@@ -32,4 +32,22 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.priors.max_sizes = tuple(320 * s for s in _SCALES[1:])
   config.priors.aspect_ratios = ((2, 3),) * 6
   config.priors.clip = True
+
+  # torchvision's SSDLite recipe (references/detection, ssdlite320_mobilenet_v3_large): SGD,
+  # momentum 0.9, lr 0.15 for 8 x 24 = 192 images, weight decay 4e-5 on every parameter, cosine
+  # decay over 600 COCO epochs (616 steps each at batch 192) after a 1,000-step warmup from 1/1000,
+  # and its "ssdlite" augmentation: IoU crop and flip only (no zoom-out, no colour distortion).
+  config.data.batch_size = 192
+  config.optimizer.learning_rate = 0.15
+  config.optimizer.reference_batch_size = 192
+  config.optimizer.weight_decay = 4e-5
+  config.optimizer.bias_names = ()
+  config.optimizer.bias_lr_multiplier = 1.0
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 1000
+  config.optimizer.warmup_init_factor = 1e-3
+  config.train.num_steps = 600 * 616
+  config.augment.expand_prob = 0.0
+  for distortion in ("brightness", "contrast", "saturation", "hue"):
+    config.augment[f"{distortion}_prob"] = 0.0
   return config
