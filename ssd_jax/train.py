@@ -6,6 +6,7 @@ saves and returns on SIGTERM (preemption), and stops on a non-finite loss withou
 """
 
 import logging
+import os
 import signal
 import threading
 from typing import Callable, Iterator
@@ -54,7 +55,7 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
   """(graphdef, replicated fresh state, tx, schedule) of ``config``'s model and optimiser."""
   model = models.create_model(config, nnx.Rngs(config.train.seed))
   if config.train.init_from:
-    convert.load_params(config.train.init_from, model)
+    convert.load_params(os.path.abspath(config.train.init_from), model)
     logging.info("initialised parameters from %s", config.train.init_from)
   tx, schedule = optimizer.create_optimizer(config)
   graphdef, state = step_lib.create_train_state(model, tx)
