@@ -61,7 +61,8 @@ def _labels(params, no_decay_names: tuple[str, ...], bias_names: tuple[str, ...]
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(config: ml_collections.ConfigDict,
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimiser, schedule) for ``config.optimizer``; parameters are an nnx.State of nnx.Params.
 
   Weight decay is L2 added to the gradient (as Caffe does), skipped for parameters whose name is

@@ -102,11 +102,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output
         stem = os.path.splitext(os.path.basename(path))[0]
         draw(Image.open(path), pixel_boxes, scores[i][keep], names, labels).save(
             os.path.join(output, stem + ".png"))
+        detections = [{"class": name, "label": int(label), "score": round(float(score), 4),
+                       "box": [round(float(v), 1) for v in box]}
+                      for name, label, score, box in zip(names, labels, scores[i][keep], pixel_boxes)]
         lines.write(json.dumps({"file": path, "width": int(width), "height": int(height),
-                                "detections": [{"class": n, "label": int(l), "score": round(float(s), 4),
-                                                "box": [round(float(v), 1) for v in b]}
-                                               for n, l, s, b in zip(names, labels, scores[i][keep], pixel_boxes)]})
-                    + "\n")
+                                "detections": detections}) + "\n")
         written += 1
   problems.log_summary("after prediction")
   logging.info("predicted %d of %d images into %s", written, len(paths), output)

@@ -33,7 +33,8 @@ class TrainState:
   opt_state: optax.OptState
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                       ) -> tuple[nnx.GraphDef, TrainState]:
   """Splits a model (in training mode) into its graph definition and a fresh train state."""
   model.train()
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
@@ -88,7 +89,10 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
   return new_state, metrics
 
 
-def jit_train_step(mesh: Mesh, state: TrainState, **kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+
+
+def jit_train_step(mesh: Mesh, state: TrainState, **kwargs) -> StepFn:
   """``train_step`` jitted once: state replicated and donated, batch sharded on ``data``."""
   replicated = parallel.replicated(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, state)

@@ -6,7 +6,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
 from conftest import CONFIG_DIR
