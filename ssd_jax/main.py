@@ -1,8 +1,9 @@
 r"""ssd_jax command line: ``python -m ssd_jax.main --config=configs/ssd300.py --workdir=DIR``.
 
 Modes: ``train`` (the default; resumes from the latest checkpoint in the workdir and evaluates
-periodically), ``eval`` (evaluates a checkpoint: ``--step``, default the latest) and ``predict``
-(``--images=PATTERN --output=DIR``: draws detections on image files). Any config field can be
+periodically), ``eval`` (evaluates a checkpoint: ``--step``, default the latest), ``predict``
+(``--images=PATTERN --output=DIR``: draws detections on image files) and ``export``
+(``--output=DIR``: the whole detector as one ``jax.export`` file). Any config field can be
 overridden: ``--config.optimizer.learning_rate=2e-3``.
 """
 
@@ -18,10 +19,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to run.")
-_STEP = flags.DEFINE_integer("step", None, "eval/predict: the checkpoint step (default: latest).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"], "What to run.")
+_STEP = flags.DEFINE_integer("step", None,
+                             "eval/predict/export: the checkpoint step (default: latest).")
 _IMAGES = flags.DEFINE_string("images", None, "predict: image files (a path, folder or glob).")
-_OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the pictures and detections.")
+_OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the pictures and detections; "
+                              "export: folder for the exported detector.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs); it is also "
                                  "called when the environment describes a cluster.")
@@ -47,7 +50,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that --help and flag errors do not wait for JAX and TF.
   import jax
-  from ssd_jax import config_validation, evaluate, parallel, predict, train
+  from ssd_jax import config_validation, evaluate, export, parallel, predict, train
   from ssd_jax.config_validation import ConfigError
 
   logging.getLogger("absl").addFilter(_QuietOrbax())  # orbax logs through absl
@@ -65,6 +68,10 @@ def main(argv: list[str]) -> None:
     train.train_and_evaluate(config, workdir, evaluate=evaluate.periodic(config, workdir))
   elif _MODE.value == "eval":
     evaluate.evaluate_checkpoint(config, workdir, _STEP.value)
+  elif _MODE.value == "export":
+    if not _OUTPUT.value:
+      raise ConfigError("--mode=export needs --output=DIR")
+    export.export_detector(config, workdir, _OUTPUT.value, _STEP.value)
   else:
     if not _IMAGES.value or not _OUTPUT.value:
       raise ConfigError("--mode=predict needs --images=PATTERN and --output=DIR")

@@ -72,7 +72,7 @@ def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[
   return image
 
 
-def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The config's class names; only when it defers to the dataset's own names is the dataset read."""
   if config.data.class_names:
     return tuple(config.data.class_names)
@@ -84,7 +84,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output
   """Runs the detector of ``workdir`` on ``images``; returns the number of images written."""
   paths = find_images(images)
   detector = Detector.restore(config, workdir, step)
-  class_names = _class_names(config)
+  label_names = class_names(config)
   os.makedirs(output, exist_ok=True)
   problems = data.Problems(strict=False)
   threshold = config.predict.score_threshold
@@ -98,7 +98,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output
         keep = valid[i] & (scores[i] >= threshold)
         pixel_boxes = boxes[i][keep] * np.array([width, height, width, height], np.float32)
         labels = classes[i][keep]
-        names = [class_names[label - 1] for label in labels]
+        names = [label_names[label - 1] for label in labels]
         stem = os.path.splitext(os.path.basename(path))[0]
         draw(Image.open(path), pixel_boxes, scores[i][keep], names, labels).save(
             os.path.join(output, stem + ".png"))

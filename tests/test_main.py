@@ -1,4 +1,4 @@
-"""Smoke test of the three modes of the command on the tiny quickstart: every output exists and parses."""
+"""Smoke test of the modes of the command on the tiny quickstart: every output exists and parses."""
 
 import glob
 import json
@@ -56,6 +56,11 @@ def test_train_eval_predict_write_their_outputs(tmp_path):
       assert detection["score"] >= 0.3 and len(detection["box"]) == 4
     stem = os.path.splitext(os.path.basename(line["file"]))[0]
     assert Image.open(os.path.join(output, stem + ".png")).size == (64, 64)
+
+  exported = str(tmp_path / "export")
+  run(*common, "--mode=export", f"--output={exported}")
+  assert json.load(open(os.path.join(exported, "metadata.json")))["step"] == 8
+  assert os.path.getsize(os.path.join(exported, "detector.jaxexport")) > 0
 
 
 def test_eval_without_checkpoint_says_to_train_first(tmp_path):
