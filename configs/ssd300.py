@@ -26,7 +26,7 @@ _DATA = {
     "voc": dict(train_splits=(("voc/2007", "train+validation"), ("voc/2012", "train+validation")),
                 eval_splits=(("voc/2007", "test"),), class_names=_VOC_CLASSES),
     "coco": dict(train_splits=(("coco/2017", "train"),), eval_splits=(("coco/2017", "validation"),),
-                 class_names=None),
+                 class_names=ml_collections.config_dict.placeholder(tuple)),
 }
 
 
@@ -34,7 +34,9 @@ def _data_config(variant: str) -> ml_collections.ConfigDict:
   """config.data: where the examples come from and how they are batched."""
   data = ml_collections.ConfigDict(_DATA[variant])
   data.source = "tfds"  # tfds | voc_folder | coco_json | synthetic; nothing is ever downloaded
-  data.data_dir = None  # None: tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+  # None: tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets). A placeholder, not a plain
+  # None, so that --config.data.data_dir=DIR can set it.
+  data.data_dir = ml_collections.config_dict.placeholder(str)
   # Labels 1..C-1 follow class_names; None takes the dataset's own names (tfds, COCO json).
   data.train_difficult = True  # Caffe trains on VOC "difficult" objects (ssd_pascal.py)
   data.train_crowd = False  # COCO crowd boxes: left out of training, ignored by evaluation

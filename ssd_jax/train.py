@@ -83,6 +83,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.create_mesh(config)
   parallel.check_batch_size(config.data.batch_size, mesh)
 
+  # Input: the source first, so that a missing dataset is reported before any model is built.
+  source = data.make_source(config, "train")
+
   # Model and optimiser.
   graphdef, state, tx, schedule = initial_state(config, mesh)
   progress.log_startup(state.params, mesh, config.data.batch_size)
@@ -95,8 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(jax.device_get(state.step))
   total_steps = config.train.num_steps
 
-  # Input.
-  batches: Iterator[dict[str, np.ndarray]] = data.train_iterator(config, start_step)
+  batches: Iterator[dict[str, np.ndarray]] = data.train_iterator(config, start_step, source)
 
   step_fn = step_lib.jit_train_step(mesh, state, graphdef=graphdef, tx=tx, schedule=schedule,
                                     priors=priors.from_config(config), config=config)

@@ -167,3 +167,13 @@ def test_init_from_starts_training_from_converted_weights(data_dir, tmp_path):
   _, state, _, _ = train.initial_state(config, parallel.create_mesh(config))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                jax.device_get(nnx.state(source, nnx.Param)))
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
+                           f"--config={os.path.join(CONFIG_DIR, 'ssd300.py')}",
+                           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "'voc/2007'" in result.stderr and "tfds build voc/2007" in result.stderr
+  assert str(tmp_path) in result.stderr.splitlines()[-1]
