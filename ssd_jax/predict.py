@@ -18,7 +18,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from ssd_jax import data
-from ssd_jax.data import augment
+from ssd_jax.data import augment, pipeline
 from ssd_jax.data.decode import decode
 from ssd_jax.inference import Detector
 
@@ -51,9 +51,8 @@ def image_batches(paths: list[str], config: ml_collections.ConfigDict,
   keys = ("image", "size", "valid", "file")
   ds = records.map(lambda r: {k: v for k, v in augment.apply(ops, r).items() if k in keys})
   batch = config.data.eval_batch_size
-  blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
-  padding = tf.data.Dataset.from_tensors(blank).repeat((-len(paths)) % batch)
-  yield from ds.concatenate(padding).batch(batch).as_numpy_iterator()
+  padded = ds.concatenate(pipeline.blanks(ds, (-len(paths)) % batch))
+  yield from padded.batch(batch).as_numpy_iterator()
 
 
 def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[str],

@@ -114,6 +114,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     batch = parallel.global_batch(next(batches), mesh)
     state, metrics = step_fn(state, batch)
     step += 1
+    # One host sync per step: a non-finite step must be caught before any checkpoint saves it.
+    # The input pipeline keeps prefetching in its own threads meanwhile.
     host = _host_metrics(metrics)
     if not host["finite"]:
       raise NonFiniteLossError(

@@ -176,10 +176,16 @@ def eval_dataset(config: ml_collections.ConfigDict, source: Source | None = None
   ops = augment.eval_ops(config) + [pad(data.max_boxes, source.problems)]
   ds = examples(source, data.num_parallel_calls).map(
       _preprocess(ops, EVAL_KEYS), num_parallel_calls=data.num_parallel_calls)
-  blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat())  # blank: valid is False
+  ds = ds.concatenate(blanks(ds))
   ds = ds.batch(batch, drop_remainder=True).take(num_batches).prefetch(data.prefetch)
   return _options(ds), num_batches, source
+
+
+def blanks(ds: tf.data.Dataset, count: int = -1) -> tf.data.Dataset:
+  """``count`` (-1: endless) all-zero examples shaped like ``ds``'s, to pad a last batch; their
+  ``valid`` is False, so evaluation and prediction skip them."""
+  blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  return tf.data.Dataset.from_tensors(blank).repeat(count)
 
 
 def train_iterator(config: ml_collections.ConfigDict, start_step: int = 0,
