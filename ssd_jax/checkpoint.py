@@ -1,20 +1,32 @@
-"""Orbax checkpoints of the train state in ``<workdir>/checkpoints``.
+"""Orbax checkpoints of the train state in ``<workdir>/checkpoints``, and of a model's weights.
 
 Each checkpoint holds the train state (parameters, model state, optimiser state, step) and a
 small JSON record of where the run stands (step, examples seen). The input pipeline is a pure
 function of (seed, step), so the step is the data position. Orbax writes each checkpoint to a
 temporary folder and renames it when complete, so a process killed at any moment leaves only
 complete checkpoints behind (and a temporary folder that the next manager cleans up).
+
+A weights checkpoint (``save_weights`` / ``load_weights``: what ``python -m ssd_jax.convert``
+writes and ``config.train.init_from`` reads) is one folder holding only a model's parameters and
+BatchNorm statistics, as a nested dict keyed by their nnx paths.
 """
 
 import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 STATE, META = "state", "meta"
+# The variables a weights checkpoint holds: parameters and BatchNorm running statistics.
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+
+
+class WeightsMismatchError(ValueError):
+  """Weights that do not fit the model; the message names every missing, extra or mis-shaped key."""
 
 
 def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -85,3 +97,65 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
       STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
   logging.info("restored checkpoint at step %d from %s", step, manager.directory)
   return restored[STATE], restored[META]
+
+
+def flat_weights(model: nnx.Module) -> dict[str, Any]:
+  """{"backbone/conv1_1/kernel": array, "backbone/stem/bn/mean": array, ...}: the model's weights.
+
+  Values are numpy arrays, or jax.ShapeDtypeStruct for a model made with ``nnx.eval_shape``.
+  """
+  def value(var):
+    raw = var.get_value()
+    return raw if isinstance(raw, jax.ShapeDtypeStruct) else np.asarray(raw)
+  return {"/".join(map(str, path)): value(var)
+          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(*WEIGHTS)))}
+
+
+def set_weights(model: nnx.Module, values: Mapping[str, np.ndarray]) -> None:
+  """Sets the model's weights from a flat dict with exactly its keys and shapes (or raises
+  WeightsMismatchError naming every offending key, changing nothing)."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Any(*WEIGHTS)))
+  keys = {"/".join(map(str, path)) for path, _ in flat}
+  errors = [f"missing weight {k!r}" for k in sorted(keys - set(values))]
+  errors += [f"unexpected weight {k!r}" for k in sorted(set(values) - keys)]
+  for path, var in flat:
+    key = "/".join(map(str, path))
+    if key in values and tuple(values[key].shape) != tuple(var.shape):
+      errors.append(f"weight {key!r} has shape {tuple(values[key].shape)}, "
+                    f"expected {tuple(var.shape)}")
+  if errors:
+    raise WeightsMismatchError("weights do not fit the model:\n  " + "\n  ".join(errors))
+  for path, var in flat:
+    var.set_value(np.asarray(values["/".join(map(str, path))], var.dtype))
+  nnx.update(model, nnx.from_flat_state(flat))
+
+
+def save_weights(path: str, model: nnx.Module) -> None:
+  """Writes the model's weights (``WEIGHTS``) to a new orbax checkpoint folder at ``path``."""
+  nested: dict = {}
+  for key, value in flat_weights(model).items():
+    *parents, leaf = key.split("/")
+    node = nested
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(path), nested)
+  checkpointer.wait_until_finished()
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+  """The flat {"a/b/kernel": array} weights of a folder written by ``save_weights``."""
+  def flatten(node: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for name, value in node.items():
+      key = f"{prefix}{name}"
+      flat.update(flatten(value, key + "/") if isinstance(value, Mapping)
+                  else {key: np.asarray(value)})
+    return flat
+  return flatten(ocp.StandardCheckpointer().restore(os.path.abspath(path)))
+
+
+def load_weights(path: str, model: nnx.Module) -> None:
+  """Restores weights written by ``save_weights`` into ``model`` (same architecture and shapes)."""
+  set_weights(model, read_weights(path))

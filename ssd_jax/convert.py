@@ -17,7 +17,8 @@ IMAGENET1K_FEATURES, vgg16_reducedfc and the detector; ImageNet mean/std for IMA
 
 Command: ``python -m ssd_jax.convert --config=configs/ssd300_torchvision_coco.py
 --input=ssd300_vgg16_coco-b556d3b4.pth --output=/abs/path/ckpt`` writes an orbax checkpoint of
-the model's nnx.Param state; ``load_params(path, model)`` restores it.
+the model's weights (``checkpoint.save_weights``), for ``--config.train.init_from=/abs/path/ckpt``
+or ``checkpoint.load_weights(path, model)``.
 """
 
 import dataclasses
@@ -26,12 +27,11 @@ from typing import Callable, Mapping
 
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from ssd_jax import models
+from ssd_jax import checkpoint, models
 from ssd_jax.models import vgg
 
 SOURCES = ("torchvision_ssd300_vgg16", "torchvision_vgg16", "vgg16_reducedfc")
@@ -49,12 +49,6 @@ class Rule:
   target: str
   source_shape: tuple[int, ...]
   transform: Callable[[np.ndarray], np.ndarray]
-
-
-def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
-  """{"backbone/conv1_1/kernel": array, ...} of the model's nnx.Param state."""
-  return {"/".join(map(str, path)): np.asarray(var.get_value())
-          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def _conv_rules(source: str, target: str, shapes: Mapping[str, tuple]) -> list[Rule]:
@@ -214,51 +208,6 @@ def _apply(rules: list[Rule], ignored: set[str], state_dict: Mapping[str, np.nda
   return {**params, **converted}
 
 
-def update_params(model: nnx.Module, values: Mapping[str, np.ndarray]) -> None:
-  """Sets the model's params from a flat {"a/b/kernel": array} dict with exactly its keys/shapes."""
-  state = nnx.state(model, nnx.Param)
-  flat = nnx.to_flat_state(state)
-  keys = {"/".join(map(str, path)) for path, _ in flat}
-  errors = [f"missing parameter {k!r}" for k in sorted(keys - set(values))]
-  errors += [f"unexpected parameter {k!r}" for k in sorted(set(values) - keys)]
-  for path, var in flat:
-    key = "/".join(map(str, path))
-    if key in values and tuple(values[key].shape) != tuple(var.shape):
-      errors.append(f"parameter {key!r} has shape {tuple(values[key].shape)}, "
-                    f"expected {tuple(var.shape)}")
-  if errors:
-    raise ConversionError("params do not fit the model:\n  " + "\n  ".join(errors))
-  for path, var in flat:
-    var.set_value(np.asarray(values["/".join(map(str, path))], var.dtype))
-  nnx.update(model, nnx.from_flat_state(flat))
-
-
-def save_params(path: str, model: nnx.Module) -> None:
-  """Writes the model's nnx.Param state to an orbax checkpoint at ``path`` (absolute, new)."""
-  nested: dict = {}
-  for key, value in flat_params(model).items():
-    *parents, leaf = key.split("/")
-    node = nested
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, nested)
-  checkpointer.wait_until_finished()
-
-
-def load_params(path: str, model: nnx.Module) -> None:
-  """Restores params written by ``save_params`` into ``model`` (same architecture and shapes)."""
-  def flatten(node: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    flat = {}
-    for name, value in node.items():
-      key = f"{prefix}{name}"
-      flat.update(flatten(value, key + "/") if isinstance(value, Mapping)
-                  else {key: np.asarray(value)})
-    return flat
-  update_params(model, flatten(ocp.StandardCheckpointer().restore(path)))
-
-
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """A state_dict from a ``.pth`` (needs torch: the ``convert`` extra) or an ``.npz``."""
   if path.endswith(".npz"):
@@ -280,16 +229,15 @@ def convert_file(config: ml_collections.ConfigDict, input_path: str, output_path
   """
   state_dict = read_state_dict(input_path)
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(seed)))
-  shapes = {"/".join(map(str, path)): var.get_value()
-            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  values = convert_state_dict(state_dict, shapes, config.model.name, source)
+  values = convert_state_dict(state_dict, checkpoint.flat_weights(model), config.model.name,
+                              source)
   if any(not isinstance(value, np.ndarray) for value in values.values()):
     # Eager init compiles one RNG program per parameter shape: only pay for it when needed.
     model = models.create_model(config, nnx.Rngs(seed))
-    initial = flat_params(model)
+    initial = checkpoint.flat_weights(model)
     values = {k: v if isinstance(v, np.ndarray) else initial[k] for k, v in values.items()}
-  update_params(model, values)
-  save_params(os.path.abspath(output_path), model)
+  checkpoint.set_weights(model, values)
+  checkpoint.save_weights(output_path, model)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ssd_jax import checkpoint, convert, data, models, optimizer, parallel, priors, progress
+from ssd_jax import checkpoint, data, models, optimizer, parallel, priors, progress
 from ssd_jax import train_step as step_lib
 
 EvaluateFn = Callable[[step_lib.TrainState, int], dict[str, float]]
@@ -55,7 +55,7 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
   """(graphdef, replicated fresh state, tx, schedule) of ``config``'s model and optimiser."""
   model = models.create_model(config, nnx.Rngs(config.train.seed))
   if config.train.init_from:
-    convert.load_params(os.path.abspath(config.train.init_from), model)
+    checkpoint.load_weights(config.train.init_from, model)
     logging.info("initialised parameters from %s", config.train.init_from)
   tx, schedule = optimizer.create_optimizer(config)
   graphdef, state = step_lib.create_train_state(model, tx)

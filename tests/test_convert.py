@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssd_jax import config_utils, convert, models
+from ssd_jax import checkpoint, config_utils, convert, models
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -51,7 +51,7 @@ def concrete_model(config, values: dict[str, np.ndarray]) -> models.SSD:
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
     var.set_value(jnp.zeros(var.shape))
-  convert.update_params(model, values)
+  checkpoint.set_weights(model, values)
   return model
 
 
@@ -172,18 +172,19 @@ def test_vgg16_reducedfc_converts_fc6_fc7():
   assert np.all(converted["backbone/fc7/bias"] == 1)
 
 
-def test_params_checkpoint_round_trip(tmp_path):
+def test_weights_checkpoint_round_trip(tmp_path):
   config = tiny()
   params = abstract_params(config)
   values = convert.convert_state_dict(torchvision_state_dict(params), params, "ssd300_vgg16")
-  convert.save_params(str(tmp_path / "ckpt"), concrete_model(config, values))
+  checkpoint.save_weights(str(tmp_path / "ckpt"), concrete_model(config, values))
   restored = concrete_model(config, params)
-  convert.load_params(str(tmp_path / "ckpt"), restored)
-  for key, value in convert.flat_params(restored).items():
+  checkpoint.load_weights(str(tmp_path / "ckpt"), restored)
+  for key, value in checkpoint.flat_weights(restored).items():
     np.testing.assert_array_equal(value, values[key])
   other = tiny("ssd512")
-  with pytest.raises(convert.ConversionError, match="missing parameter 'backbone/conv12_1/bias'"):
-    convert.load_params(str(tmp_path / "ckpt"), concrete_model(other, abstract_params(other)))
+  with pytest.raises(checkpoint.WeightsMismatchError,
+                     match="missing weight 'backbone/conv12_1/bias'"):
+    checkpoint.load_weights(str(tmp_path / "ckpt"), concrete_model(other, abstract_params(other)))
 
 
 def test_command_line_writes_a_loadable_checkpoint(tmp_path):
@@ -195,6 +196,6 @@ def test_command_line_writes_a_loadable_checkpoint(tmp_path):
                   "--config.model.width=0.125", f"--input={tmp_path}/ssd300.npz",
                   f"--output={tmp_path}/ckpt"], check=True, cwd=ROOT)
   model = concrete_model(config, abstract_params(config))
-  convert.load_params(str(tmp_path / "ckpt"), model)
-  np.testing.assert_array_equal(convert.flat_params(model)["head/loc/3/bias"],
+  checkpoint.load_weights(str(tmp_path / "ckpt"), model)
+  np.testing.assert_array_equal(checkpoint.flat_weights(model)["head/loc/3/bias"],
                                 state["head.regression_head.module_list.3.bias"])

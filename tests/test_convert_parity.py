@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssd_jax import boxes, config_utils, convert, models, priors
+from ssd_jax import boxes, checkpoint, config_utils, convert, models, priors
 
 torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra)")
 torchvision = pytest.importorskip("torchvision", reason="needs torchvision (the `convert` extra)")
@@ -38,7 +38,7 @@ def import_model(config, state_dict) -> models.SSD:
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
   numpy_state = {k: v.detach().numpy() for k, v in state_dict.items()}
   values = convert.convert_state_dict(numpy_state, _shapes(model), config.model.name)
-  convert.update_params(model, {k: v if isinstance(v, np.ndarray) else np.ones(v.shape, v.dtype)
+  checkpoint.set_weights(model, {k: v if isinstance(v, np.ndarray) else np.ones(v.shape, v.dtype)
                                 for k, v in values.items()})
   return model
 
@@ -64,9 +64,9 @@ def test_torchvision_ssd300_vgg16_parity(tmp_path):
   torch.save(reference.state_dict(), tmp_path / "ssd300.pth")
   convert.convert_file(config, str(tmp_path / "ssd300.pth"), str(tmp_path / "ckpt"))
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
-  convert.update_params(model, {k: np.zeros(v.shape, v.dtype)
+  checkpoint.set_weights(model, {k: np.zeros(v.shape, v.dtype)
                                 for k, v in _shapes(model).items()})
-  convert.load_params(str(tmp_path / "ckpt"), model)
+  checkpoint.load_weights(str(tmp_path / "ckpt"), model)
   model.eval()
 
   images = torch.rand(2, 3, 300, 300)
@@ -113,7 +113,7 @@ def test_torchvision_vgg16_imagenet_import():
   config = load("ssd300")
   model = import_model(config, vgg.state_dict())
   model.eval()
-  flat = convert.flat_params(model)
+  flat = checkpoint.flat_weights(model)
   fc6 = vgg.classifier[0].weight.detach().numpy().reshape(4096, 512, 7, 7)
   np.testing.assert_array_equal(flat["backbone/fc6/kernel"][2, 1, 7], fc6[::4, 7, 6, 3])
   images = torch.randn(1, 3, 300, 300)

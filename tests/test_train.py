@@ -158,11 +158,11 @@ def test_two_processes_give_the_same_loss_as_one():
 
 def test_init_from_starts_training_from_converted_weights(data_dir, tmp_path):
   from flax import nnx
-  from ssd_jax import convert, models
+  from ssd_jax import checkpoint, models
   config = tiny_config(data_dir)
   source = models.create_model(config, nnx.Rngs(123))  # other weights than the seed-0 init
   path = str(tmp_path / "converted")
-  convert.save_params(path, source)
+  checkpoint.save_weights(path, source)
   config.train.init_from = path
   _, state, _, _ = train.initial_state(config, parallel.create_mesh(config))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
