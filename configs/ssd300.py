@@ -98,7 +98,7 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # compute dtype ("bfloat16": mixed precision); params float32
   config.model.width = 1.0  # channel multiplier; < 1 only for tiny test models
   # The model takes (x - input_mean) / input_std of RGB images in [0, 1]
-  # (`ssd_jax.models.normalize_images`). These are the Caffe VGG16 numbers (mean-subtracted 0-255
+  # (`ssd_jax.preprocess.normalize`). These are the Caffe VGG16 numbers (mean-subtracted 0-255
   # pixels, in RGB order), which torchvision's VGG16 IMAGENET1K_FEATURES and ssd300_vgg16 use.
   config.model.input_mean = (0.48235, 0.45882, 0.40784)
   config.model.input_std = (1 / 255, 1 / 255, 1 / 255)
@@ -120,7 +120,7 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.loss.neg_pos_ratio = 3
   config.loss.alpha = 1.0
 
-  # Caffe ssd_pascal.py's DetectionOutput (ssd_jax.postprocess.detect_from_config).
+  # Caffe ssd_pascal.py's DetectionOutput (ssd_jax.postprocess.detect_args).
   config.detection = ml_collections.ConfigDict()
   config.detection.score_threshold = 0.01  # candidates need score > threshold
   config.detection.nms_iou_threshold = 0.45  # suppressed when IoU > threshold

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssd_jax import predict, priors
+from ssd_jax import postprocess, predict, preprocess, priors
 from ssd_jax.inference import Detector, detect_images
 
 FUNCTION_FILE, METADATA_FILE, SAVED_MODEL_DIR = "detector.jaxexport", "metadata.json", "saved_model"
@@ -67,46 +67,6 @@ names = [metadata["class_names"][c - 1] for c in classes]
 """
 
 
-def _sample_grid(length: jax.Array | int, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Where ``augment.resize`` samples one axis of ``length`` pixels for ``size`` outputs.
-
-  Returns (lower source index [size] int32, upper source index [size] int32, weight of the
-  upper [size] float32). ``tf.image.crop_and_resize``'s arithmetic, in float32 and in its order,
-  for the box from the centre of output pixel 0 to that of pixel size - 1 (margin 0.5 / size).
-  """
-  margin = np.float32(0.5 / size)
-  low, high = margin, np.float32(1.0) - margin
-  span = jnp.asarray(length, jnp.float32) - 1.0  # crop_and_resize: pixel i's centre at i / span
-  scale = (high - low) * span / np.float32(size - 1)
-  position = low * span + jnp.arange(size, dtype=jnp.float32) * scale  # [size]
-  lower = jnp.floor(position)
-  return lower.astype(jnp.int32), jnp.ceil(position).astype(jnp.int32), position - lower
-
-
-def resize_images(images: jax.Array, size: int) -> jax.Array:
-  """uint8 [B, H, W, 3] -> float32 [B, size, size, 3], 0..255: the evaluation resize
-  (``ssd_jax.data.augment.resize`` of the whole image: bilinear, aspect ratio not kept).
-
-  Equal to the input pipeline's up to float32 rounding: XLA fuses multiply-adds that TF's kernel
-  rounds twice (at most 0.011 of 255 on the sizes tested, bit-equal on most).
-  """
-  top, bottom, y_weight = _sample_grid(images.shape[1], size)
-  left, right, x_weight = _sample_grid(images.shape[2], size)
-  pixels = images.astype(jnp.float32)
-  upper, lower = pixels[:, top], pixels[:, bottom]  # [B, size, W, 3]
-  x_weight = x_weight[:, None]
-  upper = upper[:, :, left] + (upper[:, :, right] - upper[:, :, left]) * x_weight
-  lower = lower[:, :, left] + (lower[:, :, right] - lower[:, :, left]) * x_weight
-  return upper + (lower - upper) * y_weight[:, None, None]
-
-
-def normalize(pixels: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """float 0..255 RGB [..., 3] -> the model's input, with ``augment.normalize``'s constants."""
-  scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
-  offset = np.asarray([-m / s for m, s in zip(mean, std)], np.float32)
-  return pixels * scale + offset
-
-
 def serving_function(detector: Detector) -> Callable[[jax.Array], Outputs]:
   """The exported function: uint8 RGB images [B, H, W, 3] -> {boxes [B, K, 4] pixels xyxy,
   scores [B, K], classes [B, K], num_detections [B]}; ``detector``'s parameters are constants."""
@@ -115,8 +75,7 @@ def serving_function(detector: Detector) -> Callable[[jax.Array], Outputs]:
   prior_boxes = priors.from_config(config)
 
   def serve(images: jax.Array) -> Outputs:
-    pixels = resize_images(images, config.model.image_size)
-    inputs = normalize(pixels, config.model.input_mean, config.model.input_std)
+    inputs = preprocess.preprocess(images, config)
     boxes, scores, classes, valid = detect_images(
         params, model_state, inputs, graphdef=detector.graphdef, prior_boxes=prior_boxes,
         config=config)
@@ -194,7 +153,7 @@ def try_saved_model(serve: Callable[[jax.Array], Outputs], exported: jax.export.
 def metadata(config: ml_collections.ConfigDict, step: int, class_names: Sequence[str],
              exported: jax.export.Exported, saved_model_skipped: str | None) -> dict:
   """What ``metadata.json`` says about the artifact."""
-  d = config.detection
+  d = postprocess.detect_args(config)
   return {
       "function_file": FUNCTION_FILE,
       "format": "jax.export serialised StableHLO: jax.export.deserialize(bytes).call(images)",
@@ -210,9 +169,8 @@ def metadata(config: ml_collections.ConfigDict, step: int, class_names: Sequence
           "scores": "float32 [B, K], descending",
           "classes": "int32 [B, K], 1..C-1: class_names[label - 1]",
           "num_detections": "int32 [B]: rows 0..n-1 are detections, later rows are zeros"},
-      "max_detections": d.max_detections, "class_names": list(class_names),
-      "detection": {"score_threshold": d.score_threshold,
-                    "nms_iou_threshold": d.nms_iou_threshold, "pre_nms_top_k": d.pre_nms_top_k},
+      "max_detections": d["max_detections"], "class_names": list(class_names),
+      "detection": {k: d[k] for k in ("score_threshold", "nms_iou_threshold", "pre_nms_top_k")},
       "display_score_threshold": config.predict.score_threshold,
       "platforms": list(exported.platforms),
       "jax_version": jax.__version__,

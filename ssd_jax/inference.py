@@ -27,12 +27,8 @@ def detect_images(params: nnx.State, model_state: nnx.State, images: jax.Array, 
                   config: ml_collections.ConfigDict) -> Detections:
   """Model (in eval mode) then batched per-class NMS; a pure function for jax.jit."""
   outputs = nnx.merge(graphdef, params, model_state)(images)
-  d = config.detection
-  return postprocess.detect(
-      outputs.loc, outputs.logits, jnp.asarray(prior_boxes),
-      variances=tuple(config.matching.variances), score_threshold=d.score_threshold,
-      nms_iou_threshold=d.nms_iou_threshold, pre_nms_top_k=d.pre_nms_top_k,
-      max_detections=d.max_detections)
+  return postprocess.detect(outputs.loc, outputs.logits, jnp.asarray(prior_boxes),
+                            **postprocess.detect_args(config))
 
 
 @dataclasses.dataclass

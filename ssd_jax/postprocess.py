@@ -127,10 +127,11 @@ def detect(loc_pred: jnp.ndarray, cls_logits: jnp.ndarray, priors: jnp.ndarray, 
   return jnp.where(valid[..., None], boxes, 0.0), scores, classes, valid
 
 
-def detect_from_config(loc_pred: jnp.ndarray, cls_logits: jnp.ndarray, priors: jnp.ndarray,
-                       config: ml_collections.ConfigDict) -> Detections:
-  """``detect`` with ``config.detection``'s thresholds and ``config.matching.variances``."""
+def detect_args(config: ml_collections.ConfigDict) -> dict:
+  """``detect``'s keyword arguments from a config: ``config.detection``'s thresholds and sizes
+  and ``config.matching.variances``. The one place a config becomes detection settings (the
+  jitted detector, the exported artifacts and their metadata all use it)."""
   d = config.detection
-  return detect(loc_pred, cls_logits, priors, variances=tuple(config.matching.variances),
-                score_threshold=d.score_threshold, nms_iou_threshold=d.nms_iou_threshold,
-                pre_nms_top_k=d.pre_nms_top_k, max_detections=d.max_detections)
+  return {"variances": tuple(config.matching.variances), "score_threshold": d.score_threshold,
+          "nms_iou_threshold": d.nms_iou_threshold, "pre_nms_top_k": d.pre_nms_top_k,
+          "max_detections": d.max_detections}

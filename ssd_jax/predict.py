@@ -2,8 +2,10 @@
 
 For each readable image: ``<output>/<name>.png``, a copy with labelled boxes and scores drawn, and
 one line of ``<output>/detections.jsonl`` with the boxes in pixels of the original image, class
-names and scores. Unreadable files are reported and skipped. Images are decoded and resized by the
-evaluation preprocessing of the input pipeline, so predictions equal evaluation's.
+names and scores. Unreadable files are reported and skipped. Images are decoded as the input
+pipeline decodes them, then resized and normalised by ``ssd_jax.preprocess`` (the exported
+artifacts' preprocessing, equal to the evaluation pipeline's to float32 rounding), so predictions
+equal evaluation's and the artifacts'.
 """
 
 import glob
@@ -12,13 +14,14 @@ import logging
 import os
 from typing import Iterator
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from ssd_jax import data
-from ssd_jax.data import augment, pipeline
+from ssd_jax import data, preprocess
+from ssd_jax.data import pipeline
 from ssd_jax.data.decode import decode
 from ssd_jax.inference import Detector
 
@@ -42,17 +45,23 @@ def find_images(pattern: str) -> list[str]:
 
 def image_batches(paths: list[str], config: ml_collections.ConfigDict,
                   problems: data.Problems) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of ``config.data.eval_batch_size``: ``image`` (normalised), ``size`` (h, w),
-  ``valid`` (False for unreadable files and for the padding of the last batch) and ``file``."""
+  """Batches of ``config.data.eval_batch_size``: ``image`` (the model's input [B, S, S, 3],
+  ``preprocess.preprocess`` of the decoded pictures), ``size`` (h, w), ``valid`` (False for
+  unreadable files and for the padding of the last batch) and ``file``."""
   records = tf.data.Dataset.from_tensor_slices(paths).map(lambda path: {
       "image": path, "file": path, "boxes": tf.zeros([0, 4]), "labels": tf.zeros([0], tf.int32),
       "difficult": tf.zeros([0], tf.bool)})
-  ops = [decode(problems, read_files=True)] + augment.eval_ops(config)
+  decode_op = decode(problems, read_files=True)
   keys = ("image", "size", "valid", "file")
-  ds = records.map(lambda r: {k: v for k, v in augment.apply(ops, r).items() if k in keys})
+  ds = records.map(lambda r: {k: v for k, v in decode_op(r).items() if k in keys})
   batch = config.data.eval_batch_size
   padded = ds.concatenate(pipeline.blanks(ds, (-len(paths)) % batch))
-  yield from padded.batch(batch).as_numpy_iterator()
+  # Pictures of several sizes share a canvas (zero-padded at the bottom and right); the resize
+  # reads each one's own top-left height x width. It compiles once per canvas shape.
+  prepare = jax.jit(lambda images, sizes: preprocess.preprocess(images, config, sizes))
+  for pictures in padded.padded_batch(batch).as_numpy_iterator():
+    sizes = np.maximum(pictures["size"], 1)  # unreadable files and blanks: size (0, 0)
+    yield {**pictures, "image": np.asarray(prepare(pictures["image"], sizes))}
 
 
 def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[str],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssd_jax import boxes, checkpoint, config_utils, convert, models, priors
+from ssd_jax import boxes, checkpoint, config_utils, convert, models, preprocess, priors
 
 torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra)")
 torchvision = pytest.importorskip("torchvision", reason="needs torchvision (the `convert` extra)")
@@ -72,7 +72,8 @@ def test_torchvision_ssd300_vgg16_parity(tmp_path):
   images = torch.rand(2, 3, 300, 300)
   # torchvision's own transform (resize to 300, normalise) == our config's normalisation.
   transformed = reference.transform(list(images))[0].tensors
-  ours = models.normalize_images(jnp.asarray(images.permute(0, 2, 3, 1).numpy()), config)
+  ours = preprocess.normalize(jnp.asarray(images.permute(0, 2, 3, 1).numpy()) * 255.0,
+                              config.model.input_mean, config.model.input_std)
   np.testing.assert_allclose(ours, transformed.permute(0, 2, 3, 1).numpy(), atol=1e-3)
 
   with torch.no_grad():
@@ -90,7 +91,8 @@ def test_torchvision_ssd300_vgg16_parity(tmp_path):
   ours = np.asarray(boxes.decode(out.loc[0], anchors_cxcywh)) * 300
   unclamped = np.all(np.asarray(out.loc[0, :, 2:]) / 5 < np.log(1000 / 16), axis=-1)
   assert unclamped.mean() > 0.9
-  np.testing.assert_allclose(ours[unclamped], decoded[unclamped], atol=1e-2)  # pixels
+  # 0.01 px, plus float32's relative rounding for the boxes that random weights throw 2000 px out.
+  np.testing.assert_allclose(ours[unclamped], decoded[unclamped], rtol=1e-5, atol=1e-2)
 
 
 def _anchors(generator, features, size: int):

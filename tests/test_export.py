@@ -13,7 +13,6 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from ssd_jax import checkpoint, config_utils, export, parallel, predict, train
-from ssd_jax.data import augment
 
 from conftest import CONFIG_DIR
 
@@ -97,20 +96,6 @@ def difference(expected: list[dict], boxes, scores, classes) -> str:
         np.abs(np.subtract(e["box"], b)).max() > BOX_TOLERANCE):
       return f"detection {rank}: predict {e}, artifact label {c} score {s} box {list(b)}"
   return ""
-
-
-def test_preprocessing_is_the_eval_pipelines():
-  config = tiny_config()
-  rng = np.random.default_rng(1)
-  for height, width, size in ((64, 64, 64), (75, 100, 64), (375, 500, 300), (1, 5, 8)):
-    image = rng.integers(0, 256, (height, width, 3), np.uint8)
-    config.model.image_size = size
-    expected = augment.apply(augment.eval_ops(config), {"image": tf.constant(image)})["image"]
-    got = export.normalize(export.resize_images(image[None], size), config.model.input_mean,
-                           config.model.input_std)[0]
-    # 0.011 of 255 (see resize_images), in units of the normalised input (std ~0.22 of 1).
-    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=2e-4,
-                               err_msg=f"{height}x{width} -> {size}")
 
 
 def test_artifact_without_ssd_jax_gives_predict_detections(exported, tmp_path):

@@ -158,7 +158,7 @@ def test_shapes_are_static_and_jit_compiles_once(ssd300_config, ssd300_priors):
   @jax.jit
   def eval_step(loc, logits):
     traces.append(1)
-    return postprocess.detect_from_config(loc, logits, ssd300_priors, ssd300_config)
+    return postprocess.detect(loc, logits, ssd300_priors, **postprocess.detect_args(ssd300_config))
 
   for scale in (0.1, 5.0):  # from almost nothing to everything above threshold
     loc = rng.normal(size=(3, num_priors, 4)).astype(np.float32)

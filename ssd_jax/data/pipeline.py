@@ -182,9 +182,11 @@ def eval_dataset(config: ml_collections.ConfigDict, source: Source | None = None
 
 
 def blanks(ds: tf.data.Dataset, count: int = -1) -> tf.data.Dataset:
-  """``count`` (-1: endless) all-zero examples shaped like ``ds``'s, to pad a last batch; their
-  ``valid`` is False, so evaluation and prediction skip them."""
-  blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  """``count`` (-1: endless) all-zero examples shaped like ``ds``'s (a dimension of unknown size
+  is 1), to pad a last batch; their ``valid`` is False, so evaluation and prediction skip them."""
+  blank = tf.nest.map_structure(
+      lambda spec: tf.zeros([1 if n is None else n for n in spec.shape], spec.dtype),
+      ds.element_spec)
   return tf.data.Dataset.from_tensors(blank).repeat(count)
 
 

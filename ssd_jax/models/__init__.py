@@ -13,7 +13,6 @@ of them in train mode raises flax's TraceContextError otherwise.
 
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -22,7 +21,7 @@ from ssd_jax import priors as priors_lib
 from ssd_jax.models import mobilenet, resnet, tiny, vgg
 from ssd_jax.models.heads import MultiBoxHead, SSD, SSDOutput
 
-__all__ = ["SSD", "SSDOutput", "create_model", "model_names", "normalize_images"]
+__all__ = ["SSD", "SSDOutput", "create_model", "model_names"]
 
 BackboneFactory = Callable[..., nnx.Module]  # (*, width, dtype, rngs) -> backbone
 
@@ -61,9 +60,3 @@ def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> SSD:
                       separable=separable, dtype=dtype, rngs=rngs)
   return SSD(backbone, head)
 
-
-def normalize_images(images: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """RGB images [..., 3] with values in [0, 1] -> the model's input, (x - mean) / std."""
-  mean = jnp.asarray(config.model.input_mean, jnp.float32)
-  std = jnp.asarray(config.model.input_std, jnp.float32)
-  return (images.astype(jnp.float32) - mean) / std
