@@ -113,6 +113,10 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.priors.clip = False
 
   config.matching = ml_collections.ConfigDict()
+  # "caffe": Caffe's MatchBBox (greedy bipartite, then IoU >= threshold), which gives every ground
+  # truth its own prior; "torchvision": each ground truth forces its best prior, a later one
+  # taking over a shared one (ssd_jax.matching).
+  config.matching.rule = "caffe"
   config.matching.iou_threshold = 0.5
   config.matching.variances = (0.1, 0.2)
 

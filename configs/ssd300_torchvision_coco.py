@@ -27,4 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.priors.min_sizes = tuple(300 * s for s in _SCALES[:-1])
   config.priors.max_sizes = tuple(300 * s for s in _SCALES[1:])
   config.priors.clip = True
+  config.matching.rule = "torchvision"  # its SSDMatcher, for parity with the converted weights
   return config

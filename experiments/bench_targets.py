@@ -1,13 +1,20 @@
 """Benchmark: matching + encoding and the MultiBox loss with mining, jitted JAX vs plain numpy.
 
 Workload (issue 2): a batch of 32 images x 8732 SSD300 priors x 50 padded ground-truth boxes
-(20 valid), 21 classes. Baselines measured in the same run:
+(20 valid), 21 classes; matching with both rules of ``ssd_jax.matching.RULES`` (issue 10), on
+random boxes and on images where every valid box is one of 5 boxes repeated (near-duplicates make
+Caffe's greedy loop refresh ground truths whose best prior was taken). Baselines measured in the
+same run:
 - a straightforward vectorised numpy implementation of the same work (per image, as a data
   loader would do it), and
 - for the mining step, the argsort-of-argsort selection the reference ports use, in jitted JAX,
   next to our bisection top-k.
 
-Run: python experiments/bench_targets.py [--repeats 20]
+With ``--step_batch B`` it also times an SSD300-VGG16 train step at batch B (the tests' fixed
+batch, as bench_train does) and prints each rule's matching on the first B images of the workload
+as a share of that step.
+
+Run: python experiments/bench_targets.py [--repeats 20] [--step_batch 8]
 """
 
 import argparse
@@ -19,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import config_utils, losses, matching, priors
+from ssd_jax import config_utils, losses, matching, parallel, priors
 
 import timing  # experiments/timing.py, beside this script
 
@@ -27,7 +34,7 @@ BATCH, MAX_BOXES, VALID, CLASSES = 32, 50, 20, 21
 
 
 def numpy_match(gt, labels, mask, prior_boxes, threshold=0.5, variances=(0.1, 0.2)):
-  """Vectorised numpy matching + encoding of one image (same rules as ssd_jax.matching)."""
+  """Vectorised numpy matching + encoding of one image (ssd_jax.matching's "torchvision" rule)."""
   gt, labels = gt[mask], labels[mask]
   p_xyxy = np.concatenate([prior_boxes[:, :2] - prior_boxes[:, 2:] / 2,
                            prior_boxes[:, :2] + prior_boxes[:, 2:] / 2], 1)
@@ -68,6 +75,15 @@ def argsort_of_argsort_mask(values, k):
   return rank < k[:, None]
 
 
+def crowded(gt, rng):
+  """The same batch with each valid box replaced by one of 5 of its image's boxes, +-1 px."""
+  gt = gt.copy()
+  source = rng.integers(0, 5, (BATCH, VALID))
+  gt[:, :VALID] = np.take_along_axis(gt[:, :5], source[..., None], axis=1)
+  gt[:, 5:VALID] += rng.choice([-1, 0, 1], (BATCH, VALID - 5, 4)) / 300
+  return np.clip(gt, 0, 1).astype(np.float32)
+
+
 def make_inputs(prior_boxes):
   rng = np.random.default_rng(0)
   lo = rng.uniform(0, 0.8, (BATCH, MAX_BOXES, 2))
@@ -83,17 +99,22 @@ def make_inputs(prior_boxes):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--step_batch", type=int, default=0,
+                      help="also time an SSD300 train step at this batch (0: skip)")
   args = parser.parse_args()
   config = config_utils.load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "ssd300.py"))
   prior_boxes = priors.from_config(config)
   gt, labels, mask, loc_pred, logits = make_inputs(prior_boxes)
 
-  jax_match = jax.jit(matching.match_batch)
-  t_match = timing.median_seconds(lambda: jax_match(gt, labels, mask, prior_boxes), args.repeats)
+  jax_match = jax.jit(matching.match_batch, static_argnames="rule")
+  crowded_gt = crowded(gt, np.random.default_rng(1))
+  t_rules = {(rule, name): timing.median_seconds(
+      lambda: jax_match(boxes, labels, mask, prior_boxes, rule=rule), args.repeats)
+      for rule in matching.RULES for name, boxes in (("random", gt), ("crowded", crowded_gt))}
   t_match_np = timing.median_seconds(lambda: [numpy_match(*x, prior_boxes) for x in zip(gt, labels, mask)],
                       max(3, args.repeats // 4))
 
-  loc_t, cls_t = (np.asarray(x) for x in jax_match(gt, labels, mask, prior_boxes))
+  loc_t, cls_t = (np.asarray(x) for x in jax_match(gt, labels, mask, prior_boxes, rule="torchvision"))
   jax_loss = jax.jit(lambda *a: losses.multibox_loss(*a)[0])
   t_loss = timing.median_seconds(lambda: jax_loss(loc_pred, logits, loc_t, cls_t), args.repeats)
   t_loss_np = timing.median_seconds(lambda: numpy_loss(loc_pred, logits, loc_t, cls_t), max(3, args.repeats // 4))
@@ -110,12 +131,39 @@ def main():
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}, python {sys.version.split()[0]}")
   print(f"workload: batch {BATCH} x {len(prior_boxes)} priors x {MAX_BOXES} boxes ({VALID} valid)")
-  print(f"{'step':32s} {'ssd_jax ms':>11s} {'baseline ms':>12s} {'speed-up':>9s}  baseline")
-  rows = [("matching + encoding", t_match, t_match_np, "numpy, per image"),
-          ("multibox loss with mining", t_loss, t_loss_np, "numpy, argsort-of-argsort"),
-          ("hard-negative selection only", t_topk, t_double, "jax argsort-of-argsort")]
+  print(f"{'step':40s} {'ssd_jax ms':>11s} {'baseline ms':>12s} {'speed-up':>9s}  baseline")
+  rows = [(f"matching + encoding, {rule}, {name}", t_rules[rule, name], t_match_np,
+           "numpy torchvision rule, per image") for rule, name in t_rules]
+  rows += [("multibox loss with mining", t_loss, t_loss_np, "numpy, argsort-of-argsort"),
+           ("hard-negative selection only", t_topk, t_double, "jax argsort-of-argsort")]
   for name, ours_s, base_s, baseline in rows:
-    print(f"{name:32s} {ours_s * 1e3:11.2f} {base_s * 1e3:12.2f} {base_s / ours_s:8.1f}x  {baseline}")
+    print(f"{name:40s} {ours_s * 1e3:11.2f} {base_s * 1e3:12.2f} {base_s / ours_s:8.1f}x  {baseline}")
+
+  if args.step_batch:
+    step_share(config, args.step_batch, gt, labels, mask, prior_boxes, jax_match, args.repeats)
+
+
+def step_share(config, batch_size, gt, labels, mask, prior_boxes, jax_match, repeats):
+  """Prints an SSD300 train step's seconds and each matching rule's share of it."""
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+  import test_train_step as fixtures  # the tests' fixed batch and step factory
+
+  config = config.copy_and_resolve_references()
+  config.data.batch_size = batch_size
+  mesh, state, step = fixtures.make_step(config)
+  batch = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = step(holder["state"], batch)
+    return metrics["loss"]
+  t_step = timing.median_seconds(run, 2)
+  print(f"SSD300-VGG16 train step, batch {batch_size}, rule {config.matching.rule}: {t_step:.2f} s")
+  for rule in matching.RULES:
+    t = timing.median_seconds(lambda: jax_match(gt[:batch_size], labels[:batch_size],
+                                                mask[:batch_size], prior_boxes, rule=rule), repeats)
+    print(f"matching + encoding, {rule}, batch {batch_size}: {t * 1e3:.2f} ms = "
+          f"{100 * t / t_step:.2f}% of the step")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _positive_int(config: ml_collections.ConfigDict, field: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first field whose value cannot work."""
-  from ssd_jax import models  # the registry of model names
+  from ssd_jax import matching, models  # the matching rules, the registry of model names
 
   for field in ("data.batch_size", "train.num_steps", "train.checkpoint_every",
                 "train.keep_checkpoints", "model.image_size", "model.num_classes"):
@@ -36,6 +36,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            config.optimizer.learning_rate, "> 0")
   _require(0 < config.matching.iou_threshold <= 1, "matching.iou_threshold",
            config.matching.iou_threshold, "a value in (0, 1]")
+  _require(config.matching.rule in matching.RULES, "matching.rule", config.matching.rule,
+           f"one of {matching.RULES}")
   _require(config.loss.neg_pos_ratio >= 0, "loss.neg_pos_ratio", config.loss.neg_pos_ratio, ">= 0")
   _require(config.mesh.data_devices == -1 or config.mesh.data_devices > 0, "mesh.data_devices",
            config.mesh.data_devices, "-1 (all devices) or a positive count")

@@ -51,7 +51,7 @@ def _loss_fn(params: nnx.State, model_state: nnx.State, batch: Batch, graphdef: 
   outputs = model(batch["image"])  # normalised by the input pipeline
   loc_targets, cls_targets = matching.match_batch(
       batch["boxes"], batch["labels"], batch["mask"], jnp.asarray(priors),
-      config.matching.iou_threshold, tuple(config.matching.variances))
+      config.matching.iou_threshold, tuple(config.matching.variances), config.matching.rule)
   loss, metrics = losses.multibox_loss(
       outputs.loc, outputs.logits, loc_targets, cls_targets,
       config.loss.neg_pos_ratio, config.loss.alpha)

@@ -58,8 +58,8 @@ def priors_cxcywh_to_xyxy(priors):
 TIE = 1e-6  # IoUs this close count as tied: float32 inputs put real ties ~1e-8 apart
 
 
-def match(gt_boxes, gt_labels, gt_mask, priors, threshold=0.5, variances=(0.1, 0.2)):
-  """The paper's matching with DESIGN.md's tie rules (first index wins a tie, except that a
+def match_torchvision(gt_boxes, gt_labels, gt_mask, priors, threshold=0.5, variances=(0.1, 0.2)):
+  """The paper's matching with the PyTorch ports' tie rules (first index wins a tie, except that a
   later ground truth takes over a shared best prior), one ground truth at a time."""
   num_priors = len(priors)
   valid = [g for g in range(len(gt_boxes)) if gt_mask[g]]
@@ -82,6 +82,53 @@ def match(gt_boxes, gt_labels, gt_mask, priors, threshold=0.5, variances=(0.1, 0
   for p in np.flatnonzero(positive):
     cls[p] = gt_labels[assigned[p]]
     loc[p] = encode(gt_boxes[assigned[p]], priors[p], variances)
+  return loc, cls
+
+
+def match_caffe(gt_boxes, gt_labels, gt_mask, priors, threshold=0.5, variances=(0.1, 0.2)):
+  """A port of Caffe's MatchBBox (src/caffe/util/bbox_util.cpp, ssd branch) with match_type
+  PER_PREDICTION and use_prior_for_matching, label -1 (all ground truths), followed by encoding.
+
+  Caffe keeps the overlaps > 1e-6 per prediction in a map ordered by prediction index; the
+  bipartite loop scans that map (predictions ascending) and, for each prediction, the remaining
+  ground-truth pool (indices ascending), taking a pair only on a strictly larger overlap. Caffe's
+  strict `>` is read with the TIE tolerance: the chosen pair is the first in that scan order whose
+  overlap is within TIE of the largest one (for exact ties this is what Caffe picks).
+  """
+  num_priors = len(priors)
+  valid = [g for g in range(len(gt_boxes)) if gt_mask[g]]  # Caffe's gt_indices
+  match_indices = np.full(num_priors, -1)
+  if valid:
+    all_overlaps = iou_matrix(priors_cxcywh_to_xyxy(priors), gt_boxes[valid])  # [P, num_gt]
+    overlaps = {i: {j: all_overlaps[i, j] for j in range(len(valid)) if all_overlaps[i, j] > 1e-6}
+                for i in range(num_priors)}
+    overlaps = {i: row for i, row in overlaps.items() if row}  # map<int, map<int, float>>
+    # Bipartite matching.
+    gt_pool = list(range(len(valid)))
+    while gt_pool:
+      pairs = [(i, j, row[j]) for i, row in overlaps.items() if match_indices[i] == -1
+               for j in gt_pool if j in row]  # Caffe's scan order
+      if not pairs:
+        break  # cannot find a good match
+      max_overlap = max(overlap for _, _, overlap in pairs)
+      max_idx, max_gt_idx, _ = next(p for p in pairs if p[2] >= max_overlap - TIE)
+      match_indices[max_idx] = valid[max_gt_idx]
+      gt_pool.remove(max_gt_idx)
+    # Per prediction: the rest take their best ground truth with overlap >= threshold.
+    for i, row in overlaps.items():
+      if match_indices[i] != -1:
+        continue
+      max_gt_idx, max_overlap = -1, -1.0
+      for j in range(len(valid)):
+        if j in row and row[j] >= threshold and row[j] > max_overlap + TIE:
+          max_gt_idx, max_overlap = j, row[j]
+      if max_gt_idx != -1:
+        match_indices[i] = valid[max_gt_idx]
+  loc = np.zeros((num_priors, 4))
+  cls = np.zeros(num_priors, np.int64)
+  for p in np.flatnonzero(match_indices >= 0):
+    cls[p] = gt_labels[match_indices[p]]
+    loc[p] = encode(gt_boxes[match_indices[p]], priors[p], variances)
   return loc, cls
 
 

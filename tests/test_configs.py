@@ -29,3 +29,17 @@ def test_validation_names_the_bad_field(ssd300_config):
   config.matching.iou_threshold = 1.5
   with pytest.raises(config_validation.ConfigError, match=r"config.matching.iou_threshold=1.5"):
     config_validation.validate(config)
+
+
+def test_validation_names_an_unknown_matching_rule(ssd300_config):
+  config = ssd300_config.copy_and_resolve_references()
+  config.matching.rule = "bipartite"
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"config.matching.rule='bipartite': expected one of \('caffe', 'torchvision'\)"):
+    config_validation.validate(config)
+
+
+def test_matching_rules_of_the_published_configs():
+  rule = lambda name: config_utils.load_config(os.path.join(CONFIG_DIR, name)).matching.rule
+  assert rule("ssd300.py") == rule("ssd512.py") == rule("ssd300_coco.py") == "caffe"
+  assert rule("ssd300_torchvision_coco.py") == "torchvision"  # parity with its converted weights
