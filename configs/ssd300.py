@@ -7,12 +7,12 @@ Reference result: VOC07+12 trainval -> VOC07 test mAP 77.2 with zoom-out augment
 
 import ml_collections
 
-# Min/max prior sizes in pixels of the released Caffe models, per dataset. Derivable with
-# `ssd_jax.priors.caffe_sizes(300, 6, min_ratio, 90, first_ratio)`: VOC (20, 90, 10), COCO (15, 90, 7).
-_PRIOR_SIZES = {
-    "voc": ((30, 60, 111, 162, 213, 264), (60, 111, 162, 213, 264, 315)),
-    "coco": ((21, 45, 99, 153, 207, 261), (45, 99, 153, 207, 261, 315)),
-}
+from ssd_jax import priors
+
+# (min_ratio, max_ratio, first_ratio) of the released Caffe models' prior sizes, per dataset
+# (`ssd_pascal.py`, `ssd_coco.py`; `priors.caffe_sizes`): VOC 30..264 / 60..315 pixels,
+# COCO 21..261 / 45..315.
+_CAFFE_RATIOS = {"voc": (20, 90, 10), "coco": (15, 90, 7)}
 _NUM_CLASSES = {"voc": 21, "coco": 81}  # background included
 
 # Input data (ssd_jax/data). Split entries are (where, which) pairs whose meaning depends on the
@@ -87,8 +87,8 @@ def _augment_config() -> ml_collections.ConfigDict:
 
 def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   """Returns the SSD300 config; ``variant`` in {"voc", "coco"} picks prior sizes and classes."""
-  if variant not in _PRIOR_SIZES:
-    raise ValueError(f"configs/ssd300.py: unknown variant {variant!r}; known: {sorted(_PRIOR_SIZES)}")
+  if variant not in _CAFFE_RATIOS:
+    raise ValueError(f"configs/ssd300.py: unknown variant {variant!r}; known: {sorted(_CAFFE_RATIOS)}")
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
@@ -103,14 +103,17 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.model.input_mean = (0.48235, 0.45882, 0.40784)
   config.model.input_std = (1 / 255, 1 / 255, 1 / 255)
 
-  min_sizes, max_sizes = _PRIOR_SIZES[variant]
+  min_sizes, max_sizes = priors.caffe_sizes(300, 6, *_CAFFE_RATIOS[variant])
   config.priors = ml_collections.ConfigDict()
   config.priors.feature_sizes = (38, 19, 10, 5, 3, 1)
   config.priors.steps = (8, 16, 32, 64, 100, 300)
-  config.priors.min_sizes = min_sizes
-  config.priors.max_sizes = max_sizes
+  config.priors.min_sizes = tuple(min_sizes)
+  config.priors.max_sizes = tuple(max_sizes)
   config.priors.aspect_ratios = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
   config.priors.clip = False
+  # Caffe's PriorBox rounds sizes down to whole pixels (no-op for SSD300's whole sizes; SSD512's
+  # 35.84 -> 35). Converted Caffe weights need it; False uses the sizes as given.
+  config.priors.truncate_sizes = True
 
   config.matching = ml_collections.ConfigDict()
   # "caffe": Caffe's MatchBBox (greedy bipartite, then IoU >= threshold), which gives every ground

@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.input_std = (1 / 255, 1 / 255, 1 / 255)
   config.priors.min_sizes = tuple(300 * s for s in _SCALES[:-1])
   config.priors.max_sizes = tuple(300 * s for s in _SCALES[1:])
+  config.priors.truncate_sizes = False  # torchvision uses the fractional sizes
   config.priors.clip = True
   config.matching.rule = "torchvision"  # its SSDMatcher, for parity with the converted weights
   return config

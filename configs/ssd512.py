@@ -6,22 +6,27 @@ Reference result: VOC07+12 trainval -> VOC07 test mAP 79.8 with zoom-out augment
 
 import ml_collections
 
-from ssd_jax import config_utils
+from ssd_jax import config_utils, priors
 
-# Min/max prior sizes in pixels of the released SSD512 models (VOC and COCO use the same ones):
-# `ssd_jax.priors.caffe_sizes(512, 7, min_ratio=10, max_ratio=90, first_ratio=4)`.
-_MIN_SIZES = (20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8)
-_MAX_SIZES = (51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72)
+# (min_ratio, max_ratio, first_ratio) of the released SSD512 models' prior sizes
+# (`priors.caffe_sizes(512, 7, ...)`). VOC (`ssd_pascal512.py`: conv4_3 at 7 %, the rest 15..90 %):
+# 35.84, 76.8, 153.6, 230.4, 307.2, 384, 460.8 / 76.8, ..., 537.6 pixels. COCO (the released
+# COCO SSD512: 4 %, then 10..90 %): 20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8 / 51.2, ...,
+# 542.72.
+# The config keeps these as computed; `priors.truncate_sizes` (True, from configs/ssd300.py) makes
+# the boxes use them rounded down to whole pixels (35, 76, ...) as Caffe's PriorBox layer does.
+_CAFFE_RATIOS = {"voc": (15, 90, 7), "coco": (10, 90, 4)}
 
 
 def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
-  """Returns the SSD512 config; ``variant`` in {"voc", "coco"} picks the number of classes."""
+  """Returns the SSD512 config; ``variant`` in {"voc", "coco"} picks prior sizes and classes."""
   config = config_utils.sibling_config(__file__, "ssd300", variant)
   config.model.name = "ssd512_vgg16"
   config.model.image_size = 512
+  min_sizes, max_sizes = priors.caffe_sizes(512, 7, *_CAFFE_RATIOS[variant])
   config.priors.feature_sizes = (64, 32, 16, 8, 4, 2, 1)
   config.priors.steps = (8, 16, 32, 64, 128, 256, 512)
-  config.priors.min_sizes = _MIN_SIZES
-  config.priors.max_sizes = _MAX_SIZES
+  config.priors.min_sizes = tuple(min_sizes)
+  config.priors.max_sizes = tuple(max_sizes)
   config.priors.aspect_ratios = ((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))
   return config

@@ -30,6 +30,7 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.priors.steps = tuple(320 / size for size in feature_sizes)
   config.priors.min_sizes = tuple(320 * s for s in _SCALES[:-1])
   config.priors.max_sizes = tuple(320 * s for s in _SCALES[1:])
+  config.priors.truncate_sizes = False  # torchvision uses the fractional sizes
   config.priors.aspect_ratios = ((2, 3),) * 6
   config.priors.clip = True
 

@@ -35,18 +35,24 @@ def boxes_per_cell(aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
 
 def generate(image_size: int, feature_sizes: Sequence[int], steps: Sequence[float],
              min_sizes: Sequence[float], max_sizes: Sequence[float],
-             aspect_ratios: Sequence[Sequence[float]], clip: bool = False) -> np.ndarray:
+             aspect_ratios: Sequence[Sequence[float]], clip: bool = False,
+             truncate_sizes: bool = False) -> np.ndarray:
   """All priors of a square input of ``image_size`` pixels -> float32 [P, 4] cxcywh in [0, 1].
 
   Sizes and steps are in pixels (the explicit form of the released Caffe models).
   ``clip`` clamps w and h to [0, 1], as torchvision's DefaultBoxGenerator does (needed for its
   converted weights); centres stay where they are, even those past the image edge (e.g. SSD300's
   10x10 map with step 32 puts its last centres at 1.01).
+  ``truncate_sizes`` rounds each min/max size down to whole pixels before use, as Caffe's PriorBox
+  layer does (``int min_size_ = min_sizes_[s]``): SSD512's 35.84 becomes 35, and the extra box
+  sqrt(35 * 76). The released SSD512 models were trained so; SSD300's sizes are whole already.
   """
   lengths = {len(feature_sizes), len(steps), len(min_sizes), len(max_sizes), len(aspect_ratios)}
   if len(lengths) != 1:
     raise ValueError("priors: feature_sizes, steps, min_sizes, max_sizes and aspect_ratios must "
                      f"have one entry per feature map, got lengths {sorted(lengths)}")
+  if truncate_sizes:
+    min_sizes, max_sizes = [math.floor(s) for s in min_sizes], [math.floor(s) for s in max_sizes]
   levels = []
   for size, step, min_size, max_size, ratios in zip(
       feature_sizes, steps, min_sizes, max_sizes, aspect_ratios):
@@ -86,7 +92,9 @@ def caffe_sizes(image_size: int, num_maps: int, min_ratio: int, max_ratio: int,
 
   They apply the paper's formula in whole percent, with the step rounded down, to all maps but the
   first; the first (conv4_3) gets ``first_ratio`` percent and a max size of ``min_ratio`` percent.
-  SSD300 VOC (20, 90, 10) -> 30, 60, 111, 162, 213, 264 / 60, 111, 162, 213, 264, 315.
+  SSD300 VOC (20, 90, 10) -> 30, 60, 111, 162, 213, 264 / 60, 111, 162, 213, 264, 315;
+  SSD512 VOC (``ssd_pascal512``: 15, 90, 7) -> 35.84, 76.8, 153.6, 230.4, 307.2, 384, 460.8 /
+  76.8, ..., 537.6; SSD512 COCO (10, 90, 4) -> 20.48, 51.2, 133.12, ..., 460.8 / 51.2, ..., 542.72.
   """
   step = (max_ratio - min_ratio) // (num_maps - 2)
   ratios = [min_ratio + step * k for k in range(num_maps - 1)]
@@ -99,4 +107,4 @@ def from_config(config: ml_collections.ConfigDict) -> np.ndarray:
   """Priors [P, 4] cxcywh of an experiment config (``config.model.image_size``, ``config.priors``)."""
   p = config.priors
   return generate(config.model.image_size, p.feature_sizes, p.steps, p.min_sizes, p.max_sizes,
-                  p.aspect_ratios, clip=p.clip)
+                  p.aspect_ratios, clip=p.clip, truncate_sizes=p.truncate_sizes)

@@ -12,6 +12,7 @@ from ssd_jax import config_utils, priors
 
 def caffe_prior_box(image_size, feature_size, step, min_size, max_size, ratios):
   """Caffe PriorBoxLayer::Forward_cpu for one map (flip on, offset 0.5), as nested loops."""
+  min_size, max_size = int(min_size), int(max_size)  # `int min_size_ = min_sizes_[s];`
   out = []
   for h in range(feature_size):
     for w in range(feature_size):
@@ -68,11 +69,59 @@ def test_boxes_per_cell_matches_head_layout(ssd300_config):
 
 def test_caffe_sizes_reproduce_the_released_configs():
   voc, coco = load("ssd300.py"), load("ssd300.py", "coco")
+  assert voc.priors.min_sizes == (30, 60, 111, 162, 213, 264)
+  assert voc.priors.max_sizes == (60, 111, 162, 213, 264, 315)
+  assert coco.priors.min_sizes == (21, 45, 99, 153, 207, 261)
+  assert coco.priors.max_sizes == (45, 99, 153, 207, 261, 315)
   assert priors.caffe_sizes(300, 6, 20, 90, 10) == (list(voc.priors.min_sizes), list(voc.priors.max_sizes))
   assert priors.caffe_sizes(300, 6, 15, 90, 7) == (list(coco.priors.min_sizes), list(coco.priors.max_sizes))
-  min_512, max_512 = priors.caffe_sizes(512, 7, 10, 90, 4)
-  np.testing.assert_allclose(min_512, load("ssd512.py").priors.min_sizes)
-  np.testing.assert_allclose(max_512, load("ssd512.py").priors.max_sizes)
+
+
+@pytest.mark.parametrize("variant,min_sizes,max_sizes", [
+    # ssd_pascal512.py: min_ratio 15, max_ratio 90, conv4_3 at 7 % / 15 %.
+    ("voc", (35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8),
+     (76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6)),
+    # The COCO SSD512: min_ratio 10, max_ratio 90, conv4_3 at 4 % / 10 %.
+    ("coco", (20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
+     (51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72)),
+])
+def test_ssd512_prior_sizes_per_dataset(variant, min_sizes, max_sizes):
+  config = load("ssd512.py", variant)
+  np.testing.assert_allclose(config.priors.min_sizes, min_sizes, rtol=1e-12)
+  np.testing.assert_allclose(config.priors.max_sizes, max_sizes, rtol=1e-12)
+  assert config.priors.truncate_sizes
+  boxes = priors.from_config(config)
+  assert boxes.shape == (24564, 4)
+  # Caffe's PriorBox truncates to whole pixels: int(35.84) = 35 and sqrt(35 * 76) for VOC.
+  low, high = math.floor(min_sizes[0]), math.floor(max_sizes[0])
+  np.testing.assert_allclose(boxes[0], [4 / 512, 4 / 512, low / 512, low / 512], rtol=1e-6)
+  np.testing.assert_allclose(boxes[1, 2:], [math.sqrt(low * high) / 512] * 2, rtol=1e-6)
+  last_map = boxes[-4:]  # 1x1 map: min 460.8 -> 460, max 537.6 -> 537 (VOC)
+  np.testing.assert_allclose(last_map[1, 2:], [math.sqrt(460 * math.floor(max_sizes[-1])) / 512] * 2,
+                             rtol=1e-6)
+
+
+def test_truncate_sizes_equals_whole_pixel_sizes_and_is_a_switch():
+  config = load("ssd512.py")
+  p = config.priors
+  args = (512, p.feature_sizes, p.steps)
+  whole = priors.generate(*args, [math.floor(s) for s in p.min_sizes],
+                          [math.floor(s) for s in p.max_sizes], p.aspect_ratios)
+  np.testing.assert_array_equal(priors.generate(*args, p.min_sizes, p.max_sizes, p.aspect_ratios,
+                                                truncate_sizes=True), whole)
+  config.priors.truncate_sizes = False
+  fractional = priors.from_config(config)
+  np.testing.assert_allclose(fractional[0, 2:], [35.84 / 512] * 2, rtol=1e-6)
+  assert not np.allclose(fractional, whole)
+  # SSD300's Caffe sizes are whole pixels: truncation changes nothing.
+  ssd300 = load("ssd300.py")
+  ssd300.priors.truncate_sizes = False
+  np.testing.assert_array_equal(priors.from_config(ssd300), priors.from_config(load("ssd300.py")))
+
+
+def test_torchvision_configs_keep_fractional_sizes():
+  for name in ("ssd300_torchvision_coco.py", "ssdlite_mobilenetv2.py"):
+    assert not config_utils.load_config(os.path.join(CONFIG_DIR, name)).priors.truncate_sizes
 
 
 def test_paper_scales_formula():
