@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from ssd_jax import data, parallel, predict
+from ssd_jax import data, parallel
 from ssd_jax.evaluation import coco, plots, voc
 from ssd_jax.inference import Detector
 
@@ -45,24 +45,24 @@ def collect(detector: Detector, config: ml_collections.ConfigDict,
 
 
 def detection_grid(batch: dict[str, np.ndarray], config: ml_collections.ConfigDict,
-                   class_names: tuple[str, ...], count: int = 16) -> Image.Image:
-  """The first ``count`` valid images of an eval batch (as the model saw them) with their
-  detections above ``config.predict.score_threshold`` drawn, side by side in a grid."""
+                   class_names: tuple[str, ...], count: int = 16, cell: int = 256) -> Image.Image:
+  """The first ``count`` valid images of an eval batch, each at its original aspect ratio in a
+  ``cell``-px square, with detections above ``config.predict.score_threshold`` (solid) and the
+  ground truth (dashed) drawn, side by side in a grid."""
   mean, std = np.asarray(config.model.input_mean), np.asarray(config.model.input_std)
-  size = config.model.image_size
+  threshold = config.predict.score_threshold
   tiles = []
   for i in np.flatnonzero(batch["valid"])[:count]:
     pixels = np.clip((batch["image"][i] * std + mean) * 255, 0, 255).astype(np.uint8)
-    keep = batch["det_valid"][i] & (batch["det_scores"][i] >= config.predict.score_threshold)
-    labels = batch["det_classes"][i][keep]
-    tiles.append(predict.draw(Image.fromarray(pixels), batch["det_boxes"][i][keep] * size,
-                              batch["det_scores"][i][keep], [class_names[l - 1] for l in labels],
-                              labels))
-  columns = min(4, len(tiles))
-  grid = Image.new("RGB", (columns * size, -(-len(tiles) // columns) * size))
-  for index, tile in enumerate(tiles):
-    grid.paste(tile, ((index % columns) * size, (index // columns) * size))
-  return grid
+    tile = plots.fit_to_cell(pixels, tuple(batch["size"][i]), cell)
+    scale = np.array([tile.width, tile.height] * 2)
+    keep = batch["det_valid"][i] & (batch["det_scores"][i] >= threshold)
+    truth = batch["boxes"][i][batch["mask"][i].astype(bool)]
+    tiles.append(plots.draw_detections(tile, batch["det_boxes"][i][keep] * scale,
+                                       batch["det_classes"][i][keep], class_names,
+                                       batch["det_scores"][i][keep], truth * scale))
+  return plots.grid(tiles, cell, caption=f"solid: detections with score >= {threshold}; "
+                                         "dashed: ground truth")
 
 
 def score(collector: voc.Collector, config: ml_collections.ConfigDict,

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssd_jax import postprocess, predict, preprocess, priors
+from ssd_jax import postprocess, preprocess, priors
+from ssd_jax.data import sources
 from ssd_jax.inference import Detector, detect_images
 
 FUNCTION_FILE, METADATA_FILE, SAVED_MODEL_DIR = "detector.jaxexport", "metadata.json", "saved_model"
@@ -196,7 +197,7 @@ def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str
   if saved_model:
     skipped = try_saved_model(serve, exported, os.path.join(output, SAVED_MODEL_DIR),
                               config.model.image_size)
-  info = metadata(config, detector.step, predict.class_names(config), exported, skipped)
+  info = metadata(config, detector.step, sources.class_names(config), exported, skipped)
   with open(os.path.join(output, METADATA_FILE), "w") as f:
     json.dump(info, f, indent=2)
   logging.info("exported step %d of %s to %s (%s)", detector.step, workdir, output,

@@ -18,15 +18,13 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ssd_jax import data, preprocess
-from ssd_jax.data import pipeline
+from ssd_jax.data import pipeline, sources
 from ssd_jax.data.decode import decode
+from ssd_jax.evaluation import plots
 from ssd_jax.inference import Detector
-
-_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))
 
 
 def find_images(pattern: str) -> list[str]:
@@ -64,35 +62,12 @@ def image_batches(paths: list[str], config: ml_collections.ConfigDict,
     yield {**pictures, "image": np.asarray(prepare(pictures["image"], sizes))}
 
 
-def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[str],
-         labels: np.ndarray) -> Image.Image:
-  """``image`` with pixel boxes [N, 4] (xyxy), their class names and scores drawn on it."""
-  image = image.convert("RGB")
-  canvas = ImageDraw.Draw(image)
-  width = max(1, round(max(image.size) / 250))
-  for box, score, name, label in zip(boxes, scores, names, labels):
-    colour = _PALETTE[(int(label) - 1) % len(_PALETTE)]
-    canvas.rectangle(box.tolist(), outline=colour, width=width)
-    text = f"{name} {score:.2f}"
-    left, top = box[0], max(0, box[1] - 12)
-    canvas.rectangle(canvas.textbbox((left, top), text), fill=colour)
-    canvas.text((left, top), text, fill=(255, 255, 255))
-  return image
-
-
-def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The config's class names; only when it defers to the dataset's own names is the dataset read."""
-  if config.data.class_names:
-    return tuple(config.data.class_names)
-  return data.make_source(config, "eval").class_names
-
-
 def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output: str,
             step: int | None = None) -> int:
   """Runs the detector of ``workdir`` on ``images``; returns the number of images written."""
   paths = find_images(images)
   detector = Detector.restore(config, workdir, step)
-  label_names = class_names(config)
+  label_names = sources.class_names(config)
   os.makedirs(output, exist_ok=True)
   problems = data.Problems(strict=False)
   threshold = config.predict.score_threshold
@@ -108,8 +83,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output
         labels = classes[i][keep]
         names = [label_names[label - 1] for label in labels]
         stem = os.path.splitext(os.path.basename(path))[0]
-        draw(Image.open(path), pixel_boxes, scores[i][keep], names, labels).save(
-            os.path.join(output, stem + ".png"))
+        plots.draw_detections(Image.open(path), pixel_boxes, labels, label_names,
+                              scores[i][keep]).save(os.path.join(output, stem + ".png"))
         detections = [{"class": name, "label": int(label), "score": round(float(score), 4),
                        "box": [round(float(v), 1) for v in box]}
                       for name, label, score, box in zip(names, labels, scores[i][keep], pixel_boxes)]

@@ -175,3 +175,26 @@ def test_relative_boxes_clips_and_drops():
   assert len(problems.counts()) == 4
   assert annotations.path_inside("/data", "a/../../b.jpg") is None
   assert annotations.path_inside("/data", "a/../b.jpg") == os.path.join("/data", "b.jpg")
+
+
+def _decoded(encoded: bytes) -> np.ndarray:
+  from ssd_jax.data.decode import decode
+  example = {"image": encoded, "file": "x.png", "boxes": np.zeros([0, 4], np.float32),
+             "labels": np.zeros([0], np.int32), "difficult": np.zeros([0], bool)}
+  return decode(data.Problems(), read_files=False)(example)["image"].numpy()
+
+
+def test_transparent_png_pixels_are_composited_on_white():
+  rgba = np.zeros((2, 3, 4), np.uint8)
+  rgba[0] = [(200, 100, 50, 255), (200, 100, 50, 0), (200, 100, 50, 128)]
+  rgba[1] = [(0, 0, 0, 0), (10, 20, 30, 64), (255, 255, 255, 255)]
+  buffer = io.BytesIO()
+  Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
+  rgb, alpha = rgba[..., :3].astype(float), rgba[..., 3:].astype(float) / 255
+  expected = np.round(rgb * alpha + 255 * (1 - alpha))  # the README's compositing rule
+  np.testing.assert_array_equal(_decoded(buffer.getvalue()), expected)
+  np.testing.assert_array_equal(expected[0, :2], [(200, 100, 50), (255, 255, 255)])
+  # An opaque 16-bit grey PNG keeps its grey, in 8 bits (the high byte).
+  buffer = io.BytesIO()
+  Image.fromarray(np.array([[0, 40000]], np.uint16)).save(buffer, "PNG")
+  np.testing.assert_array_equal(_decoded(buffer.getvalue())[0, :, 0], [0, 40000 // 256])

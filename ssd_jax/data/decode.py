@@ -5,8 +5,10 @@ a map. So the bytes are checked first (a known signature, and the end-of-image m
 PNG, which truncated files lack) and a file that fails is replaced by an empty example: a blank
 image, no objects and ``valid`` False. The stream keeps its length, so resumed runs stay exact;
 training loses nothing (an image without objects has no positives and no mined negatives) and
-evaluation skips examples that are not valid. Grayscale, CMYK, PNG (also 16-bit or with alpha), GIF
-and BMP images decode to 3-channel uint8 RGB.
+evaluation skips examples that are not valid. Grayscale, CMYK, PNG (also 16-bit), GIF and BMP
+images decode to 3-channel uint8 RGB; a PNG's transparent pixels are composited on white
+(``BACKGROUND``), as ``ssd_jax.evaluation.plots`` draws them, rather than taking whatever colour
+they store (often black).
 """
 
 from collections.abc import Callable
@@ -19,6 +21,7 @@ Example = dict[str, tf.Tensor]
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
 _TAIL = 16  # JPEG's end marker may be followed by a few padding bytes.
+BACKGROUND = 255.0  # under transparent pixels: white
 
 
 def _contains(text: tf.Tensor, pattern: bytes) -> tf.Tensor:
@@ -66,5 +69,14 @@ def decode(problems: Problems, read_files: bool) -> Callable[[Example], Example]
 
 
 def _decode_rgb(data: tf.Tensor) -> tf.Tensor:
-  image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+  """uint8 [H, W, 3]; PNG alpha composited on ``BACKGROUND`` (rgb * a + background * (1 - a))."""
+  is_png = tf.strings.substr(data, 0, 8) == _SIGNATURES[1]
+
+  def composited_png() -> tf.Tensor:
+    rgba = tf.cast(tf.io.decode_png(data, channels=4, dtype=tf.uint8), tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    return tf.cast(tf.round(rgba[..., :3] * alpha + BACKGROUND * (1.0 - alpha)), tf.uint8)
+
+  image = tf.cond(is_png, composited_png, lambda: tf.io.decode_image(
+      data, channels=3, dtype=tf.uint8, expand_animations=False))
   return tf.ensure_shape(image, [None, None, 3])

@@ -99,6 +99,13 @@ def make_source(config: ml_collections.ConfigDict, split: str, process_index: in
                 data.source != "tfds", problems, process_index, process_count)
 
 
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The config's class names; only when it defers to the dataset's own names is the dataset read."""
+  if config.data.class_names:
+    return tuple(config.data.class_names)
+  return make_source(config, "eval").class_names
+
+
 def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train: bool,
                problems: Problems, process_index: int, process_count: int) -> _Part:
   """This process's part of a tfds split."""
