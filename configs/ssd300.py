@@ -69,8 +69,11 @@ def _augment_config() -> ml_collections.ConfigDict:
   augment.saturation_prob = 0.5
   augment.saturation_range = (0.5, 1.5)
   augment.hue_prob = 0.5
-  # Degrees, as ssd.pytorch; Caffe adds its 18 to OpenCV's 8-bit hue (0..180), i.e. 36 degrees.
-  augment.hue_delta = 18.0
+  # Degrees: Caffe's hue_delta 18 is in OpenCV's 8-bit hue units (0..180), i.e. 36 degrees
+  # (ssd.pytorch uses 18 degrees). Caffe's 8-bit arithmetic stops shifts below hue 0 at 0 (red)
+  # rather than wrapping them; False wraps both ways.
+  augment.hue_delta = 36.0
+  augment.hue_clamp_below_zero = True
   augment.contrast_first_prob = 0.5  # contrast before (else after) saturation and hue
   augment.channel_swap_prob = 0.0  # Caffe's random_order_prob; ssd.pytorch swaps with p 0.5
   augment.expand_prob = 0.5  # zoom out onto a mean-filled canvas
@@ -82,6 +85,10 @@ def _augment_config() -> ml_collections.ConfigDict:
   augment.patch_aspect_range = (0.5, 2.0)
   augment.patch_max_trials = 50
   augment.flip_prob = 0.5
+  # Resize interpolation, one drawn per training image (tf.image.resize names): Caffe's interp_mode
+  # list LINEAR, AREA, NEAREST, CUBIC, LANCZOS4 (tf offers Lanczos of radius 3 or 5, not 4).
+  # Evaluation always resizes bilinearly, as Caffe's test transform does.
+  augment.resize_methods = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
   return augment
 
 

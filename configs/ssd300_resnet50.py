@@ -30,4 +30,8 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.optimizer.warmup_init_factor = 0.0
   config.optimizer.decay_steps = (43 * 3697, 54 * 3697)
   config.train.num_steps = 65 * 3697
+  # NVIDIA's input pipeline: bilinear resize, ColorJitter hue 0.05 turns (18 degrees, wrapping).
+  config.augment.resize_methods = ("bilinear",)
+  config.augment.hue_delta = 18.0
+  config.augment.hue_clamp_below_zero = False
   return config

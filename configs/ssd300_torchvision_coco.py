@@ -29,4 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.priors.truncate_sizes = False  # torchvision uses the fractional sizes
   config.priors.clip = True
   config.matching.rule = "torchvision"  # its SSDMatcher, for parity with the converted weights
+  # torchvision's reference "ssd" augmentation: bilinear resize (in the model's transform),
+  # RandomPhotometricDistort hue (-0.05, 0.05) turns = 18 degrees, wrapping.
+  config.augment.resize_methods = ("bilinear",)
+  config.augment.hue_delta = 18.0
+  config.augment.hue_clamp_below_zero = False
   return config

@@ -49,6 +49,7 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.optimizer.warmup_init_factor = 1e-3
   config.train.num_steps = 600 * 616
   config.augment.expand_prob = 0.0
+  config.augment.resize_methods = ("bilinear",)
   for distortion in ("brightness", "contrast", "saturation", "hue"):
     config.augment[f"{distortion}_prob"] = 0.0
   return config

@@ -1,8 +1,11 @@
 """SSD's detection output: decode, per-class greedy NMS, the best detections per image.
 
 One jitted, batched function with static shapes (no host round trip), so it runs on any backend
-and inside an evaluation step. The rules are Caffe's DetectionOutput layer (DESIGN.md):
-- decoded boxes are clipped to [0, 1] before NMS;
+and inside an evaluation step. The rules are Caffe's DetectionOutput layer's (DESIGN.md), except
+for the first:
+- decoded boxes are clipped to [0, 1] before NMS, as torchvision's postprocess_detections does.
+  Caffe's DetectionOutput does not: it decodes with ``clip_bbox = false``, runs NMS on the
+  unclipped boxes and clips only the boxes it writes to result files (``OutputBBox``);
 - per class (background 0 excluded) a prior is a candidate when its softmax score is strictly
   greater than ``score_threshold`` (Caffe's and torchvision's ``score > threshold``), and only the
   ``pre_nms_top_k`` best candidates enter NMS;

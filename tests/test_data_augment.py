@@ -194,3 +194,147 @@ def test_seed_decides_everything():
   np.testing.assert_array_equal(a["image"], b["image"])
   other = augment.apply(ops, {**_example(0), "seed": tf.constant([1, 7], tf.int64)})
   assert not np.array_equal(a["image"], other["image"])
+
+
+def _in_tf_data(op, examples):
+  """``op`` mapped over ``examples`` (a list of dicts of equal structure) inside tf.data."""
+  stacked = {key: tf.stack([e[key] for e in examples]) for key in examples[0]}
+  return list(tf.data.Dataset.from_tensor_slices(stacked).map(op).as_numpy_iterator())
+
+
+def test_sampler_aspect_ratio_is_drawn_in_range_then_clamped():
+  # Caffe's SampleBBox: a ~ U[0.5, 2], then clamped to [s^2, 1 / s^2]. At scale 0.8 that is
+  # [0.64, 1.5625]: a = 0.64 with probability 0.14 / 1.5, a = 1.5625 with 0.4375 / 1.5.
+  grid = (np.arange(20) + 0.5) / 20
+  cx, cy = (c.ravel() for c in np.meshgrid(grid, grid))
+  boxes = tf.constant(np.stack([cx - 0.01, cy - 0.01, cx + 0.01, cy + 0.01], 1), tf.float32)
+
+  def draw(example):  # one sampler, unconstrained: every patch holds a grid centre, trial 0 wins
+    patch, _ = augment.sample_patch_box(example["boxes"], example["seed"], False, (0.0,),
+                                        (0.8, 0.8), (0.5, 2.0), 5)
+    return {"aspect": (patch[2] - patch[0]) / (patch[3] - patch[1])}
+  examples = [{"boxes": boxes, "seed": tf.constant([seed, 3], tf.int64)} for seed in range(1500)]
+  aspects = np.array([out["aspect"] for out in _in_tf_data(draw, examples)])
+  for example, graph in zip(examples[:10], aspects):
+    np.testing.assert_allclose(draw(example)["aspect"], graph, rtol=1e-6)
+  assert aspects.min() >= 0.64 - 1e-4 and aspects.max() <= 1.5625 + 1e-4
+  at_low, at_high = np.isclose(aspects, 0.64, rtol=1e-4), np.isclose(aspects, 1.5625, rtol=1e-4)
+  assert abs(at_low.mean() - 0.14 / 1.5) < 0.03 and abs(at_high.mean() - 0.4375 / 1.5) < 0.04
+  between = aspects[~at_low & ~at_high]
+  assert abs(np.mean(between < 1.1) - 0.46 / 0.9225) < 0.05  # uniform in between
+
+
+def _ramp(height=45, width=60):
+  """float image whose channels are linear in the pixel-centre coordinates (exact for linear
+  interpolation), within 0..255: 20 + 2 x + 1.5 y, 50 + x, 200 - y."""
+  y, x = np.mgrid[:height, :width] + 0.5
+  return np.stack([20 + 2 * x + 1.5 * y, 50 + x, 200 - y], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", augment.RESIZE_METHODS)
+def test_each_resize_method_samples_the_window(method):
+  image = _ramp()
+  example = {**_example(0), "image": tf.constant(image),
+             "window": tf.constant([0.25, -0.5, 1.25, 0.5])}  # bottom-left quarter shows the image
+  out = augment.resize(64, (1, 2, 3), (method,))(example)
+  sampled, inside = out["image"].numpy(), out["inside"].numpy()
+  expected_inside = np.zeros((64, 64, 3))
+  expected_inside[32:, :48] = 1
+  np.testing.assert_array_equal(inside, expected_inside)
+  np.testing.assert_array_equal(sampled[inside == 0].reshape(-1, 3), np.tile([1, 2, 3], (64 * 64 - 32 * 48, 1)))
+  centres = (np.arange(64) + 0.5) / 64
+  xs, ys = (0.25 + centres) * 60, (-0.5 + centres) * 45  # half-pixel sample points, in pixels
+  truth = np.stack([20 + 2 * xs[None] + 1.5 * ys[:, None], 50 + xs[None] + 0 * ys[:, None],
+                    200 - ys[:, None] + 0 * xs[None]], -1)
+  # Away from the image's edges each method reproduces the ramp (slopes 2 + 1.5 per pixel, so
+  # 1.75 is half a source pixel): bilinear within crop_and_resize's half-pixel convention shift,
+  # nearest within that plus half a pixel, area (a box, nearest when enlarging) within half a
+  # pixel, the cubic and Lanczos kernels almost exactly.
+  tolerance = {"bilinear": 1.75, "nearest": 3.5, "area": 1.75}.get(method, 0.2)
+  core = (slice(36, 60), slice(4, 44))
+  np.testing.assert_allclose(sampled[core], truth[core], atol=tolerance)
+  mirrored = augment.resize(64, (1, 2, 3), (method,))(
+      {**example, "window": tf.constant([1.25, -0.5, 0.25, 0.5])})
+  np.testing.assert_allclose(mirrored["image"], sampled[:, ::-1], atol=1e-3)
+  (graph,) = tf.data.Dataset.from_tensors(example).map(
+      augment.resize(64, (1, 2, 3), (method,))).as_numpy_iterator()
+  np.testing.assert_allclose(graph["image"], sampled, atol=1e-3)
+
+
+def test_area_averages_when_shrinking_and_nearest_picks_pixels():
+  checkers = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
+  example = {**_example(0), "image": tf.constant(np.repeat(checkers[..., None], 3, -1))}
+  area = augment.resize(32, (0, 0, 0), ("area",))(example)["image"].numpy()
+  np.testing.assert_allclose(area, 127.5, atol=0.5)
+  nearest = augment.resize(32, (0, 0, 0), ("nearest",))(example)["image"].numpy()
+  assert set(np.unique(nearest)) <= {0.0, 255.0}
+
+
+def test_resize_method_is_drawn_uniformly_per_example():
+  methods = augment.RESIZE_METHODS[:5]
+  examples = [_example(seed) for seed in range(150)]
+  drawn = _in_tf_data(augment.resize(32, (1, 2, 3), methods), examples)
+  each = {m: _in_tf_data(augment.resize(32, (1, 2, 3), (m,)), examples) for m in methods}
+  counts = dict.fromkeys(methods, 0)
+  for i, out in enumerate(drawn):
+    errors = [np.abs(out["image"] - each[m][i]["image"]).max() for m in methods]
+    assert min(errors) < 1e-3  # the output is one method's, exactly
+    counts[methods[int(np.argmin(errors))]] += 1
+  assert all(12 <= n <= 50 for n in counts.values()), counts  # 30 expected each
+  eager = augment.resize(32, (1, 2, 3), methods)(examples[0])
+  np.testing.assert_allclose(eager["image"], drawn[0]["image"], atol=1e-3)
+
+
+def test_unknown_resize_method_is_named():
+  with pytest.raises(ValueError, match="augment.resize_methods"):
+    augment.resize(32, (0, 0, 0), ("bilinear", "cubic"))
+
+
+def _hue_wheel():
+  """[1, 360, 3] float 0..255 image of fully saturated colours, one per degree of hue."""
+  hsv = np.stack([np.arange(360) / 360, np.ones(360), np.ones(360)], -1)[None].astype(np.float32)
+  return tf.image.hsv_to_rgb(hsv) * 255
+
+
+def _hue_degrees(image) -> np.ndarray:
+  return tf.image.rgb_to_hsv(tf.convert_to_tensor(image) / 255).numpy()[..., 0] * 360
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_hue_shift_is_uniform_within_delta_degrees(clamp):
+  hue_only = augment.photometric_distort(0, 0, 0, (1, 1), 0, (1, 1), 1.0, 36.0, 0.5, 0.0,
+                                         hue_clamp_below_zero=clamp)
+  wheel = _hue_wheel()
+  examples = [{"image": wheel, "seed": tf.constant([seed, 9], tf.int64)} for seed in range(400)]
+  outputs = [out["image"] for out in _in_tf_data(hue_only, examples)]
+  np.testing.assert_allclose(hue_only(examples[0])["image"], outputs[0], atol=1e-3)
+  before = _hue_degrees(wheel)[0]
+  shifts = []
+  for image in outputs:
+    after = _hue_degrees(image)[0]
+    shift = (after[180] - before[180] + 180) % 360 - 180  # mid-wheel: never clamped
+    shifts.append(shift)
+    low = before < -shift - 0.5  # pixels a negative shift pushes below hue 0
+    if clamp and low.any():
+      np.testing.assert_allclose(after[low], 0, atol=0.5)  # Caffe's 8-bit arithmetic stops at 0
+    wrapped = (before + shift) % 360
+    keep = ~low if clamp else np.ones(360, bool)
+    distance = np.abs((after[keep] - wrapped[keep] + 180) % 360 - 180)
+    assert distance.max() < 0.5
+  shifts = np.array(shifts)
+  assert shifts.min() >= -36.01 and shifts.max() <= 36.01
+  # Uniform on [-36, 36]: half of the shifts beyond +-18 degrees (the old, ssd.pytorch range).
+  assert abs(np.mean(np.abs(shifts) > 18) - 0.5) < 0.08 and abs(np.mean(shifts > 0) - 0.5) < 0.08
+
+
+def test_caffe_recipe_configs_use_caffes_augmentation_details():
+  load = lambda name: config_utils.load_config(os.path.join(os.path.dirname(__file__), "..",
+                                                            "configs", name))
+  caffe = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
+  for name in ("ssd300.py", "ssd512.py", "ssd300_coco.py"):
+    a = load(name).augment
+    assert tuple(a.resize_methods) == caffe and a.hue_delta == 36.0 and a.hue_clamp_below_zero
+    assert tuple(a.patch_aspect_range) == (0.5, 2.0)
+  for name in ("quickstart.py", "ssd300_resnet50.py", "ssd300_resnet34.py",
+               "ssd300_torchvision_coco.py", "ssdlite_mobilenetv2.py"):
+    assert tuple(load(name).augment.resize_methods) == ("bilinear",), name

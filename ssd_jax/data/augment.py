@@ -8,8 +8,8 @@ an op gives the same result eagerly and inside tf.data, and a resumed run sees t
 The reference order (Caffe ``ssd_pascal.py``, ssd.pytorch) is: photometric distortion, zoom-out,
 sampled patch, flip, resize. Here the geometric ops are lazy: they move a ``window`` (xyxy, in
 units of the original image; x_min > x_max means mirrored) and the boxes, and ``resize`` samples the
-window from the original image in one bilinear pass, filling what lies outside the image with the
-mean pixel. The zoomed-out canvas (up to 4x4 the image) is never built. Photometric distortion is
+window from the original image in one pass (bilinear, or in training one of Caffe's interpolation
+methods drawn at random), filling what lies outside the image with the mean pixel. The zoomed-out canvas (up to 4x4 the image) is never built. Photometric distortion is
 per pixel, so it commutes with cropping, flipping and placing; it runs after ``resize`` on S x S
 pixels, leaving the mean-filled border undistorted as in the reference, where the fill comes later.
 """
@@ -24,7 +24,7 @@ Example = dict[str, tf.Tensor]
 Op = Callable[[Example], Example]
 
 # Per-op constants folded into the example seed, so ops draw independent numbers.
-_EXPAND, _PATCH, _FLIP, _PHOTOMETRIC = 1, 2, 3, 4
+_EXPAND, _PATCH, _FLIP, _PHOTOMETRIC, _RESIZE = 1, 2, 3, 4, 5
 _UNIT_WINDOW = (0.0, 0.0, 1.0, 1.0)
 
 
@@ -85,8 +85,10 @@ def sample_patch_box(boxes: tf.Tensor, seed: tf.Tensor, whole_image: bool,
                      aspect_range: Sequence[float], max_trials: int) -> tuple[tf.Tensor, tf.Tensor]:
   """Caffe's batch sampler: [N, 4] xyxy boxes -> (patch [4] xyxy, sampler index; -1 = whole image).
 
-  Sampler k tries up to ``max_trials`` patches of scale s in ``scale_range`` and aspect ratio a in
-  [max(a_min, s^2), min(a_max, 1 / s^2)] (width s * sqrt(a), height s / sqrt(a)) and keeps the
+  Sampler k tries up to ``max_trials`` patches of scale s uniform in ``scale_range`` and aspect
+  ratio a uniform in ``aspect_range``, then clamped to [s^2, 1 / s^2] so that the patch fits
+  (Caffe's SampleBBox: the clamped ends are drawn more often than the rest), of width s * sqrt(a)
+  and height s / sqrt(a), and keeps the
   first whose IoU with some box is >= ``min_ious[k]`` (0 = unconstrained) and that holds at least
   one box centre (as ssd.pytorch; Caffe may return a patch without objects). One of the samplers
   that found a patch, and the whole image if ``whole_image``, is chosen uniformly; when none
@@ -95,8 +97,7 @@ def sample_patch_box(boxes: tf.Tensor, seed: tf.Tensor, whole_image: bool,
   k, t = len(min_ious), max_trials
   u = tf.random.stateless_uniform([4, k, t], seed)
   scale = scale_range[0] + u[0] * (scale_range[1] - scale_range[0])
-  low = tf.maximum(aspect_range[0], scale ** 2)
-  aspect = low + u[1] * (tf.minimum(aspect_range[1], 1 / scale ** 2) - low)
+  aspect = tf.clip_by_value(_between(u[1], aspect_range), scale ** 2, 1 / scale ** 2)
   width = tf.minimum(scale * tf.sqrt(aspect), 1.0)
   height = tf.minimum(scale / tf.sqrt(aspect), 1.0)
   x0, y0 = u[2] * (1 - width), u[3] * (1 - height)
@@ -149,26 +150,86 @@ def horizontal_flip(prob: float) -> Op:
   return op
 
 
-def resize(size: int, fill: Sequence[float]) -> Op:
-  """Samples the window (whole image if none) to float32 [size, size, 3], bilinear, 0..255.
+# Resize methods of tf.image.resize -> how the window is sampled: crop_and_resize (bilinear,
+# nearest) or scale_and_translate with its kernel and antialiasing (tf.image.resize's own route for
+# these kernels). Only "area" filters (a box over the source pixels); like OpenCV's resize in Caffe,
+# the others do not antialias when shrinking.
+_CROP_AND_RESIZE = ("bilinear", "nearest")
+_SCALE_AND_TRANSLATE = {"area": ("box", True), "bicubic": ("keyscubic", False),
+                        "lanczos3": ("lanczos3", False), "lanczos5": ("lanczos5", False)}
+RESIZE_METHODS = _CROP_AND_RESIZE + tuple(_SCALE_AND_TRANSLATE)  # config.augment.resize_methods
+
+
+def _crop_and_resize(image: tf.Tensor, window: tf.Tensor, size: int,
+                     method: str) -> tuple[tf.Tensor, tf.Tensor]:
+  """Samples ``window`` of float [H, W, 3] -> (pixels [size, size, 3], outside: 1 off the image).
 
   Output pixel j lies at (j + 0.5) / size across the window, and the image is sampled in
   crop_and_resize's convention (pixel i's centre at i / (H - 1)), within half an original pixel of
-  the half-pixel one. What lies outside the original image is filled with ``fill`` (the mean
-  pixel). Adds ``inside`` float32 [size, size, 3], 1 where the pixel comes from the image.
+  the half-pixel one.
   """
   margin = 0.5 / size
+  low = window[:2] + margin * (window[2:] - window[:2])  # centres of the first and last pixels
+  high = window[2:] - margin * (window[2:] - window[:2])
+  # Pixels are >= 0, so the -1 that crop_and_resize puts outside the image marks the fill exactly.
+  sampled = tf.image.crop_and_resize(
+      image[None], tf.stack([[low[1], low[0], high[1], high[0]]]), [0], [size, size],
+      method=method, extrapolation_value=-1.0)[0]
+  return tf.maximum(sampled, 0.0), tf.cast(sampled < 0, tf.float32)
+
+
+def _scale_and_translate(image: tf.Tensor, window: tf.Tensor, size: int, kernel: str,
+                         antialias: bool) -> tuple[tf.Tensor, tf.Tensor]:
+  """Like ``_crop_and_resize`` with a scale_and_translate kernel, in the half-pixel convention
+  (output pixel j samples the image at (j + 0.5) / size across the window). Overshooting kernels
+  are clipped to 0..255, as OpenCV saturates 8-bit pixels."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)  # (H, W)
+  mirrored = window[2] < window[0]
+  low = tf.stack([window[1], tf.minimum(window[0], window[2])])  # (y, x) in image units
+  extent = tf.stack([window[3] - window[1], tf.abs(window[2] - window[0])])
+  scale = size / (extent * shape)
+  sampled = tf.raw_ops.ScaleAndTranslate(
+      images=image[None], size=[size, size], scale=scale, translation=-low * shape * scale,
+      kernel_type=kernel, antialias=antialias)[0]
+  centres = (tf.range(size, dtype=tf.float32) + 0.5) / size
+  on_image = lambda axis: tf.abs(low[axis] + centres * extent[axis] - 0.5) <= 0.5  # [size]
+  inside = tf.cast(on_image(0)[:, None, None] & on_image(1)[None, :, None], tf.float32)
+  inside = tf.broadcast_to(inside, [size, size, 3])
+  sampled, inside = (tf.where(mirrored, tf.reverse(x, [1]), x) for x in (sampled, inside))
+  return _clip(sampled) * inside, 1.0 - inside
+
+
+def _sample_window(image: tf.Tensor, window: tf.Tensor, size: int,
+                   method: str) -> tuple[tf.Tensor, tf.Tensor]:
+  if method in _CROP_AND_RESIZE:
+    return _crop_and_resize(image, window, size, method)
+  return _scale_and_translate(image, window, size, *_SCALE_AND_TRANSLATE[method])
+
+
+def resize(size: int, fill: Sequence[float], methods: Sequence[str] = ("bilinear",)) -> Op:
+  """Samples the window (whole image if none) to float32 [size, size, 3], 0..255.
+
+  ``methods`` (names of tf.image.resize methods, ``RESIZE_METHODS``): one is drawn uniformly per
+  example, as Caffe's ``interp_mode`` list does (linear, area, nearest, cubic, Lanczos). What lies
+  outside the original image is filled with ``fill`` (the mean pixel). Adds ``inside`` float32
+  [size, size, 3], 1 where the pixel comes from the image.
+  """
+  unknown = sorted(set(methods) - set(RESIZE_METHODS))
+  if unknown or not methods:
+    raise ValueError(f"augment.resize_methods: expected a non-empty tuple of {RESIZE_METHODS}, "
+                     f"got {tuple(methods)}")
+  methods = tuple(methods)
 
   def op(example: Example) -> Example:
-    window = _window(example)
-    low = window[:2] + margin * (window[2:] - window[:2])  # centres of the first and last pixels
-    high = window[2:] - margin * (window[2:] - window[:2])
-    # Pixels are >= 0, so the -1 that crop_and_resize puts outside the image marks the fill exactly.
-    sampled = tf.image.crop_and_resize(
-        tf.cast(example["image"], tf.float32)[None], tf.stack([[low[1], low[0], high[1], high[0]]]),
-        [0], [size, size], extrapolation_value=-1.0)[0]
-    outside = tf.cast(sampled < 0, tf.float32)
-    example = {**example, "image": tf.maximum(sampled, 0.0) + outside * _per_channel(fill, size),
+    image, window = tf.cast(example["image"], tf.float32), _window(example)
+    if len(methods) == 1:
+      sampled, outside = _sample_window(image, window, size, methods[0])
+    else:
+      u = tf.random.stateless_uniform([], _seed(example, _RESIZE))
+      choice = tf.minimum(tf.cast(u * len(methods), tf.int32), len(methods) - 1)
+      sampled, outside = tf.switch_case(choice, [
+          (lambda m=m: _sample_window(image, window, size, m)) for m in methods])
+    example = {**example, "image": sampled + outside * _per_channel(fill, size),
                "inside": 1.0 - outside}
     example.pop("window", None)
     return example
@@ -188,11 +249,17 @@ _PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0
 def photometric_distort(brightness_prob: float, brightness_delta: float, contrast_prob: float,
                         contrast_range: Sequence[float], saturation_prob: float,
                         saturation_range: Sequence[float], hue_prob: float, hue_delta: float,
-                        contrast_first_prob: float, channel_swap_prob: float) -> Op:
+                        contrast_first_prob: float, channel_swap_prob: float,
+                        hue_clamp_below_zero: bool = False) -> Op:
   """Caffe's DistortImage on a float 0..255 image: brightness (+-delta), then contrast (x factor)
   either before or after saturation (x factor) and hue (+-delta degrees), each applied with its
   probability and clipped to [0, 255]; then a random channel permutation. Pixels outside the
-  original image (``inside`` == 0) keep their value."""
+  original image (``inside`` == 0) keep their value.
+
+  Hue: Caffe's ``hue_delta`` is in OpenCV's 8-bit hue units (0..180), so its 18 is 36 degrees
+  here. With ``hue_clamp_below_zero``, a shift below hue 0 stops at 0 (red) instead of wrapping, as
+  Caffe's 8-bit ``convertTo`` saturates there (a shift past 180 does wrap, in HSV2BGR).
+  """
 
   def op(example: Example) -> Example:
     u = tf.random.stateless_uniform([12], _seed(example, _PHOTOMETRIC))
@@ -204,7 +271,8 @@ def photometric_distort(brightness_prob: float, brightness_delta: float, contras
     saturation = tf.where(u[5] < saturation_prob, _between(u[6], saturation_range), 1.0)
     hue = tf.where(u[7] < hue_prob, (2 * u[8] - 1) * hue_delta / 360.0, 0.0)
     image = tf.cond((saturation != 1.0) | (hue != 0.0),
-                    lambda: _saturation_hue(image, saturation, hue), lambda: image)
+                    lambda: _saturation_hue(image, saturation, hue, hue_clamp_below_zero),
+                    lambda: image)
     image = _clip(image * tf.where(contrast_first, 1.0, contrast))
     if channel_swap_prob > 0:
       permutation = tf.gather(_PERMUTATIONS, tf.cast(u[10] * 6, tf.int32) % 6)
@@ -225,10 +293,12 @@ def _between(u: tf.Tensor, bounds: Sequence[float]) -> tf.Tensor:
   return bounds[0] + u * (bounds[1] - bounds[0])
 
 
-def _saturation_hue(image: tf.Tensor, saturation: tf.Tensor, hue: tf.Tensor) -> tf.Tensor:
+def _saturation_hue(image: tf.Tensor, saturation: tf.Tensor, hue: tf.Tensor,
+                    clamp_below_zero: bool) -> tf.Tensor:
   """Scales saturation and rotates hue (in turns) of a float 0..255 RGB image."""
   h, s, v = tf.unstack(tf.image.rgb_to_hsv(image / 255.0), axis=-1)
-  hsv = tf.stack([tf.math.floormod(h + hue, 1.0), tf.clip_by_value(s * saturation, 0.0, 1.0), v],
+  shifted = tf.maximum(h + hue, 0.0) if clamp_below_zero else h + hue
+  hsv = tf.stack([tf.math.floormod(shifted, 1.0), tf.clip_by_value(s * saturation, 0.0, 1.0), v],
                  axis=-1)
   return _clip(tf.image.hsv_to_rgb(hsv) * 255.0)
 
@@ -260,16 +330,17 @@ def train_ops(config: ml_collections.ConfigDict) -> list[Op]:
           sample_patch(a.patch_whole_image, tuple(a.patch_min_ious), tuple(a.patch_scale_range),
                        tuple(a.patch_aspect_range), a.patch_max_trials),
           horizontal_flip(a.flip_prob),
-          resize(config.model.image_size, _mean_pixel(config)),
+          resize(config.model.image_size, _mean_pixel(config), tuple(a.resize_methods)),
           photometric_distort(a.brightness_prob, a.brightness_delta, a.contrast_prob,
                               tuple(a.contrast_range), a.saturation_prob,
                               tuple(a.saturation_range), a.hue_prob, a.hue_delta,
-                              a.contrast_first_prob, a.channel_swap_prob),
+                              a.contrast_first_prob, a.channel_swap_prob,
+                              a.hue_clamp_below_zero),
           normalize(tuple(config.model.input_mean), tuple(config.model.input_std))]
 
 
 def eval_ops(config: ml_collections.ConfigDict) -> list[Op]:
-  """Evaluation preprocessing: resize to model size, normalise."""
+  """Evaluation preprocessing: bilinear resize to model size (Caffe's test LINEAR), normalise."""
   return [resize(config.model.image_size, _mean_pixel(config)),
           normalize(tuple(config.model.input_mean), tuple(config.model.input_std))]
 
