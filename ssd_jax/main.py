@@ -48,6 +48,8 @@ def _log_to_file(workdir: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from ssd_jax import xla_flags
+  xla_flags.apply(_MODE.value)  # the fastest XLA:CPU options, unless XLA_FLAGS sets them
   # Imported here so that --help and flag errors do not wait for JAX and TF.
   import jax
   from ssd_jax import config_validation, evaluate, export, parallel, predict, train
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> None:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   logging.info("config:\n%s", config)
+  logging.info(xla_flags.summary())
   if _MODE.value == "train":
     train.train_and_evaluate(config, workdir, evaluate=evaluate.periodic(config, workdir))
   elif _MODE.value == "eval":
