@@ -268,3 +268,58 @@ def test_l2norm_scales_unit_vectors():
   np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), 20.0, rtol=1e-5)
   np.testing.assert_allclose(y / jnp.linalg.norm(y, axis=-1, keepdims=True),
                              x / jnp.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def np_max_pool_first_max(x: np.ndarray, k: int, ceil_mode: bool, g: np.ndarray | None = None):
+  """Plain-loop k x k / stride k max pool of [B, H, W, C] (-inf padding in ceil mode) and, given
+  the output gradient ``g``, the input gradient with each window's to its first maximum (Caffe)."""
+  b, h, w, c = x.shape
+  rows, cols = ((-(-n // k) if ceil_mode else n // k) for n in (h, w))
+  y = np.full((b, rows, cols, c), -np.inf, x.dtype)
+  grad = np.zeros_like(x)
+  for n, i, j, ch in np.ndindex(b, rows, cols, c):
+    best = None
+    for dy, dx in np.ndindex(k, k):
+      r, s = i * k + dy, j * k + dx
+      if r < h and s < w and (best is None or x[n, r, s, ch] > x[n, best[0], best[1], ch]):
+        best = (r, s)
+    y[n, i, j, ch] = x[n, best[0], best[1], ch]
+    if g is not None:
+      grad[n, best[0], best[1], ch] += g[n, i, j, ch]
+  return y, grad
+
+
+def reduce_window_max_pool(x, k: int, ceil_mode: bool):
+  """The lax.reduce_window formulation the tile max replaced (select-and-scatter gradient)."""
+  pad = lambda n: (0, (-n) % k if ceil_mode else 0)  # noqa: E731
+  if not ceil_mode:
+    x = x[:, :x.shape[1] // k * k, :x.shape[2] // k * k]
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, k, k, 1),
+                               ((0, 0), pad(x.shape[1]), pad(x.shape[2]), (0, 0)))
+
+
+@pytest.mark.parametrize("shape,k,ceil_mode", [((2, 75, 75, 3), 2, True), ((1, 6, 7, 2), 2, False),
+                                               ((1, 7, 5, 2), 3, True), ((1, 8, 8, 1), 2, True)])
+def test_tile_max_pool_values_and_first_max_gradient(shape, k, ceil_mode):
+  rng = np.random.default_rng(0)
+  # ReLU of small integers: most windows hold ties, many are all zero.
+  x = np.maximum(rng.integers(-2, 3, shape), 0).astype(np.float32)
+  y_ref, _ = np_max_pool_first_max(x, k, ceil_mode)
+  g = rng.normal(size=y_ref.shape).astype(np.float32)
+  _, grad_ref = np_max_pool_first_max(x, k, ceil_mode, g)
+  pool = lambda v: layers.max_pool(v, k, k, ceil_mode=ceil_mode)  # noqa: E731
+  y, vjp = jax.vjp(pool, jnp.asarray(x))
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], grad_ref)
+  # Same values and gradient as the select-and-scatter pool, ties included.
+  y_rw, vjp_rw = jax.vjp(lambda v: reduce_window_max_pool(v, k, ceil_mode), jnp.asarray(x))
+  np.testing.assert_array_equal(y, y_rw)
+  np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], vjp_rw(jnp.asarray(g))[0])
+
+
+def test_tile_max_pool_jits_in_bfloat16():
+  x = jax.random.normal(jax.random.key(0), (1, 5, 5, 4), jnp.bfloat16)
+  y, grad = jax.jit(jax.value_and_grad(lambda v: layers.max_pool(v, 2, 2, ceil_mode=True)
+                                       .astype(jnp.float32).sum()))(x)
+  # Each of the 3 x 3 windows of each of the 4 channels sends its 1 to one element.
+  assert grad.dtype == jnp.bfloat16 and float(grad.astype(jnp.float32).sum()) == 3 * 3 * 4
