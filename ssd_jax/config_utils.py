@@ -1,5 +1,6 @@
 """Loading experiment configs (``configs/<name>.py`` files with a ``get_config()``)."""
 
+import difflib
 import importlib.util
 import os
 
@@ -24,3 +25,58 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 def sibling_config(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Loads config ``name`` (without .py) from the folder of ``config_file``."""
   return load_config(os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py"), arg)
+
+
+def load_config_argument(argument: str) -> ml_collections.ConfigDict:
+  """The config of a ``--config`` value, ``PATH`` or ``PATH:VARIANT`` (as ml_collections reads it)."""
+  path, *variant = argument.split(":")
+  return load_config(path, *variant)
+
+
+def unknown_field(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """Why ``config.<dotted>`` does not exist, naming the closest existing fields; None if it does.
+
+  E.g. ``config.optimizer has no field 'learnin_rate'; closest: learning_rate``.
+  """
+  node, parents = config, ["config"]
+  for key in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{'.'.join(parents)} is a {type(node).__name__}, not a group of fields"
+    if key not in node:
+      names = sorted(node.keys())
+      close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+      where = ".".join(parents)
+      if close:
+        return f"{where} has no field {key!r}; closest: {', '.join(close)}"
+      return f"{where} has no field {key!r}; its fields: {', '.join(names)}"
+    node = node[key]
+    parents.append(key)
+  return None
+
+
+def expand_shorthands(config: ml_collections.ConfigDict) -> None:
+  """Reads the short command-line spellings of ``config.data.class_names`` in place.
+
+  ml_collections parses ``--config.data.class_names=redbox,bluebox`` as ``("redbox,bluebox",)``
+  and ``=None`` as ``(None,)``: these become ``("redbox", "bluebox")`` and None (the dataset's
+  own names). Split entries may be written ``"where:which"`` (``ssd_jax.data.sources`` reads them).
+  """
+  names = config.data.class_names
+  if names is None:
+    return
+  if tuple(names) in ((None,), ("None",)):
+    config.data.class_names = None
+  elif any(isinstance(name, str) and "," in name for name in names):
+    config.data.class_names = tuple(part.strip() for name in names for part in str(name).split(",")
+                                    if part.strip())
+
+
+def check_num_classes(num_classes: int, class_names: tuple[str, ...]) -> None:
+  """Raises ConfigError unless ``num_classes`` is the class names plus background."""
+  from ssd_jax.config_validation import ConfigError
+  if len(class_names) + 1 != num_classes:
+    raise ConfigError(
+        f"config.model.num_classes={num_classes} does not fit the {len(class_names)} class names "
+        f"{tuple(class_names)} (+ background = {len(class_names) + 1}): set "
+        f"--config.model.num_classes={len(class_names) + 1}, or leave it out when you set "
+        f"--config.data.class_names")

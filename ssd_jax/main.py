@@ -10,6 +10,7 @@ overridden: ``--config.optimizer.learning_rate=2e-3``.
 import logging
 import os
 import sys
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines say nothing useful here
 
@@ -45,20 +46,38 @@ def _log_to_file(workdir: str) -> None:
   logging.getLogger().addHandler(handler)
 
 
+def _settle_classes(config) -> None:
+  """Class names set on the command line set ``model.num_classes`` too, unless it is also set;
+  class names and num_classes must then agree."""
+  from ssd_jax import config_utils
+  config_utils.expand_shorthands(config)
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  names = config.data.class_names
+  if "data.class_names" in overrides and "model.num_classes" not in overrides:
+    if names is None:  # the dataset's own (tfds, COCO json): read them
+      from ssd_jax.data import sources
+      names = sources.class_names(config)
+    config.model.num_classes = len(names) + 1
+  if names is not None:
+    config_utils.check_num_classes(config.model.num_classes, tuple(names))
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from ssd_jax import xla_flags
   xla_flags.apply(_MODE.value)  # the fastest XLA:CPU options, unless XLA_FLAGS sets them
-  # Imported here so that --help and flag errors do not wait for JAX and TF.
-  import jax
-  from ssd_jax import config_validation, evaluate, export, parallel, predict, train
+  from ssd_jax import config_validation
   from ssd_jax.config_validation import ConfigError
+  config = _CONFIG.value
+  _settle_classes(config)
+  config_validation.validate(config)
+  # Imported here so that --help and config errors do not wait for JAX and TF.
+  import jax
+  from ssd_jax import evaluate, export, parallel, predict, train
 
   logging.getLogger("absl").addFilter(_QuietOrbax())  # orbax logs through absl
   parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
-  config = _CONFIG.value
-  config_validation.validate(config)
   workdir = _WORKDIR.value
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -81,25 +100,76 @@ def main(argv: list[str]) -> None:
     predict.predict(config, workdir, _IMAGES.value, _OUTPUT.value, _STEP.value)
 
 
+def _fail(message: str) -> NoReturn:
+  """Exits with status 2 after one line on stderr: what was wrong and what was expected."""
+  print("error: " + "; ".join(line.strip() for line in message.splitlines() if line.strip()),
+        file=sys.stderr)
+  sys.exit(2)
+
+
+def _flag_values(argv: list[str], prefix: str) -> list[tuple[str, str]]:
+  """(name, value) of the ``--<prefix>...=value`` (or ``--<prefix>... value``) arguments."""
+  found = []
+  for index, arg in enumerate(argv):
+    name, equals, value = arg.partition("=")
+    if name == "--" + prefix or name.startswith("--" + prefix + "."):
+      if not equals:
+        value = argv[index + 1] if index + 1 < len(argv) else ""
+      found.append((name[2:], value))
+  return found
+
+
+def _check_config_arguments(argv: list[str]) -> None:
+  """One line for what ml_collections reports as tracebacks: a config file that is missing or
+  fails to load (e.g. an unknown variant), and an override of a field that does not exist."""
+  from ssd_jax import config_utils
+  configs = _flag_values(argv, "config")
+  files = [value for name, value in configs if name == "config"]
+  if not files:
+    return  # absl reports the missing required flag
+  path = files[-1].split(":")[0]
+  if not os.path.isfile(path):
+    folder = os.path.dirname(path) or "."
+    known = sorted(n for n in os.listdir(folder) if n.endswith(".py")) if os.path.isdir(folder) else []
+    _fail(f"--config={files[-1]}: no config file {path}"
+          + (f" (in {folder}: {', '.join(known)})" if known else
+             " (expected an experiment file such as configs/quickstart.py)"))
+  try:
+    config = config_utils.load_config_argument(files[-1])
+  except Exception as error:  # noqa: BLE001 -- any failure of the user's config file is reported
+    _fail(f"--config={files[-1]}: {type(error).__name__}: {error}")
+  for name, value in configs:
+    problem = name != "config" and config_utils.unknown_field(config, name.split(".", 1)[1])
+    if problem:
+      _fail(f"--{name}={value}: {problem}")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with config override errors (unknown field, wrong type) as one line."""
+  """absl flag parsing; every flag or config override error is one line and exit status 2."""
+  _check_config_arguments(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    sys.exit(f"error: {error}\nPass --helpfull to see the flags.")
+    _fail(str(error).splitlines()[0] + " (pass --helpfull to see the flags)")
   except (AttributeError, KeyError, TypeError, ValueError) as error:
-    overrides = [arg for arg in argv[1:] if arg.startswith("--config.")]
-    sys.exit(f"error: bad config override among {overrides}: {error}")
+    overrides = " ".join(f"--{name}={value}" for name, value in _flag_values(argv, "config")
+                         if name != "config")
+    _fail(f"bad config override {overrides}: {str(error).strip(chr(39))}")
 
 
 def run() -> None:
-  """Entry point; turns configuration and missing-data errors into one line and exit status 2."""
+  """Entry point; configuration, missing-data and strict bad-data errors are one line, exit 2."""
   from ssd_jax.config_validation import ConfigError
   try:
     app.run(main, flags_parser=_parse_flags)
   except (ConfigError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(error))
+  except ValueError as error:
+    # Strict bad data (config.data.on_bad_data="error"); its module is imported only with TF.
+    problems = sys.modules.get("ssd_jax.data.problems")
+    if problems is None or not isinstance(error, problems.BadDataError):
+      raise
+    _fail(str(error))
 
 
 if __name__ == "__main__":

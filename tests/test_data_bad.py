@@ -156,7 +156,8 @@ def test_coco_json_bad_entries(tmp_path, caplog):
   counts = source.problems.counts()
   for reason, (files, _) in {"file_name points outside the image folder, image skipped": (2, 0),
                              "image file missing, image skipped": (1, 0),
-                             "unknown class, object dropped": (1, 0),
+                             "annotation of a category id the json does not declare, dropped":
+                                 (1, 0),
                              "non-finite box coordinates, object dropped": (1, 0),
                              "box with x_min >= x_max or y_min >= y_max, object dropped": (1, 0),
                              "box leaves the image, clipped": (1, 0),

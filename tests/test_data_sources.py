@@ -234,3 +234,67 @@ def test_synthetic_rejects_unknown_shapes(tmp_path):
   with pytest.raises(ValueError, match="hexagon"):
     data.make_source(config, "train", 0, 1)
   assert set(synthetic.SHAPES) >= {"circle", "square", "triangle"}
+
+
+def _two_class_coco(root: str) -> None:
+  images = {1: ("a.jpg", helpers.jpeg_bytes(seed=1)), 2: ("b.jpg", helpers.jpeg_bytes(seed=2))}
+  objects = [{"image_id": 1, "category_id": 7, "bbox": [8, 6, 40, 30]},
+             {"image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20]},
+             {"image_id": 2, "category_id": 7, "bbox": [30, 30, 20, 20]}]
+  helpers.write_coco(os.path.join(root, "train.json"), os.path.join(root, "images"), images,
+                     objects, [{"id": 7, "name": "redbox"}, {"id": 3, "name": "bluebox"}])
+
+
+def test_coco_json_class_names_come_from_its_categories(tmp_path):
+  _two_class_coco(str(tmp_path))
+  config = helpers.tiny_config("coco_json", str(tmp_path), None, ("train.json:images",),
+                               ("train.json:images",))
+  assert data.sources.class_names(config) == ("bluebox", "redbox")  # sorted by category id
+  config.model.num_classes = 3
+  source = data.make_source(config, "train", 0, 1)
+  assert source.class_names == ("bluebox", "redbox") and source.category_ids == (3, 7)
+  labels = {e["image_id"]: sorted(e["labels"]) for e in _all(source)}
+  assert labels == {1: [2], 2: [1, 2]}
+
+
+def test_coco_categories_that_do_not_fit_the_names_are_said_once(tmp_path, caplog):
+  _two_class_coco(str(tmp_path))
+  config = helpers.tiny_config("coco_json", str(tmp_path), ("redbox", "greenbox"),
+                               (("train.json", "images"),), (("train.json", "images"),))
+  with caplog.at_level("WARNING"):
+    source = data.make_source(config, "train", 0, 1)
+  warnings = [r.getMessage() for r in caplog.records if "categories" in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert "('bluebox', 'redbox')" in warnings[0] and "('redbox', 'greenbox')" in warnings[0]
+  assert "1 object(s) of other categories left out" in warnings[0]
+  assert "no category for ['greenbox']" in warnings[0]
+  assert sorted(len(e["labels"]) for e in _all(source)) == [1, 1]
+  config.data.class_names = ("cat", "dog")
+  with pytest.raises(data.sources.ConfigError, match=r"none of its categories.*class_names=None"):
+    data.make_source(config, "train", 0, 1)
+
+
+def test_num_classes_must_fit_the_class_names(tmp_path):
+  _two_class_coco(str(tmp_path))
+  config = helpers.tiny_config("coco_json", str(tmp_path), None, (("train.json", "images"),),
+                               (("train.json", "images"),))
+  config.model.num_classes = 5
+  with pytest.raises(data.sources.ConfigError,
+                     match=r"num_classes=5 does not fit the 2 class names .*= 3"):
+    data.make_source(config, "train", 0, 1)
+
+
+def test_short_spellings_of_class_names_and_splits():
+  from ssd_jax import config_utils
+  config = helpers.tiny_config("voc_folder", "/x", ("redbox,bluebox",), ("boxes:train",),
+                               (("boxes", "test"),))
+  config_utils.expand_shorthands(config)
+  assert config.data.class_names == ("redbox", "bluebox")
+  assert data.sources.split_entry(config.data.train_splits[0], "f") == ("boxes", "train")
+  assert data.sources.split_entry("voc/2007:train+validation", "f") == ("voc/2007",
+                                                                        "train+validation")
+  with pytest.raises(data.sources.ConfigError, match="expected \\(where, which\\) or 'where:which'"):
+    data.sources.split_entry("boxes", "config.data.train_splits")
+  config.data.class_names = (None,)
+  config_utils.expand_shorthands(config)
+  assert config.data.class_names is None

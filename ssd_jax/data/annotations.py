@@ -17,8 +17,10 @@ import xml.etree.ElementTree as ElementTree
 import defusedxml
 import defusedxml.ElementTree
 import numpy as np
+from absl import logging
 from PIL import Image
 
+from ssd_jax.config_validation import ConfigError
 from ssd_jax.data.problems import Problems
 
 
@@ -197,12 +199,17 @@ def coco_categories(categories: list[dict], class_names: tuple[str, ...] | None,
   follow ``class_names`` and categories of other names are left out.
   """
   if class_names is None:
-    ordered = sorted(categories, key=lambda c: c["id"])
-    class_names = tuple(c["name"] for c in ordered)
-  by_name = {c["name"].lower(): c["id"] for c in categories}
-  category_ids = tuple(by_name.get(name.lower(), -1) for name in class_names)
+    class_names = tuple(c["name"] for c in sorted(categories, key=lambda c: c["id"]))
+  by_name = {str(c["name"]).lower(): c["id"] for c in categories}
+  category_ids = tuple(by_name.get(str(name).lower(), -1) for name in class_names)
   label_of = {cid: label for label, cid in enumerate(category_ids, start=1) if cid >= 0}
   return tuple(class_names), label_of, category_ids
+
+
+def coco_json_class_names(json_path: str) -> tuple[str, ...]:
+  """The class names of a COCO-format json: its categories' names, sorted by category id."""
+  with open(json_path) as f:
+    return coco_categories(json.load(f).get("categories", []), None)[0]
 
 
 def coco_json_records(json_path: str, image_dir: str, class_names: tuple[str, ...] | None,
@@ -211,11 +218,16 @@ def coco_json_records(json_path: str, image_dir: str, class_names: tuple[str, ..
   """Records of a COCO-format json whose ``file_name``s are relative to ``image_dir``.
 
   Returns (records, class names, COCO category id of each label 1..C-1). Crowd boxes become
-  ``difficult`` (evaluation ignores them) and are dropped unless ``keep_crowd``.
+  ``difficult`` (evaluation ignores them) and are dropped unless ``keep_crowd``. Objects of
+  categories that ``class_names`` lacks are dropped, said once for the json naming both lists;
+  when no category fits at all, ConfigError.
   """
   with open(json_path) as f:
     data = json.load(f)
-  class_names, label_of, category_ids = coco_categories(data.get("categories", []), class_names)
+  categories = data.get("categories", [])
+  class_names, label_of, category_ids = coco_categories(categories, class_names)
+  _check_categories(json_path, categories, class_names, category_ids, data.get("annotations", []),
+                    problems)
   objects = collections.defaultdict(list)
   image_ids = {image["id"] for image in data.get("images", [])}
   for annotation in data.get("annotations", []):
@@ -231,6 +243,30 @@ def coco_json_records(json_path: str, image_dir: str, class_names: tuple[str, ..
       record = _finish(record, keep_crowd, drop_empty, record.image_path, problems)
       records.extend([record] if record else [])
   return records, class_names, category_ids
+
+
+def _check_categories(json_path: str, categories: list[dict], class_names: tuple[str, ...],
+                      category_ids: tuple[int, ...], annotations: list[dict],
+                      problems: Problems) -> None:
+  """One warning when the json's categories and ``class_names`` differ, naming both lists."""
+  json_names = tuple(str(c["name"]) for c in sorted(categories, key=lambda c: c["id"]))
+  used = set(category_ids) - {-1}
+  if not used and annotations:
+    raise ConfigError(
+        f"{json_path}: none of its categories {json_names} is in config.data.class_names "
+        f"{tuple(class_names)}; set --config.data.class_names=None to take the json's")
+  declared = {c["id"] for c in categories}
+  undeclared = sum(a.get("category_id") not in declared for a in annotations)
+  if undeclared:
+    problems.report("annotation of a category id the json does not declare, dropped", json_path,
+                    f"{undeclared} object(s)", count=undeclared)
+  others = declared - used
+  dropped = sum(a.get("category_id") in others for a in annotations)
+  missing = [name for name, cid in zip(class_names, category_ids) if cid < 0]
+  if dropped or missing:  # a choice of classes rather than bad data: a warning, also when strict
+    logging.warning("ssd_jax.data: %s: its categories %s differ from config.data.class_names %s: "
+                    "%d object(s) of other categories left out%s", json_path, json_names,
+                    tuple(class_names), dropped, f"; no category for {missing}" if missing else "")
 
 
 def _coco_record(image: dict, annotations: list[dict], image_dir: str, label_of: dict[int, int],
@@ -251,11 +287,7 @@ def _coco_record(image: dict, annotations: list[dict], image_dir: str, label_of:
       problems.report("no image size in the json and the image is unreadable, image skipped", path)
       return None
     width, height = header
-  known = [a for a in annotations if a.get("category_id") in label_of]
-  if len(known) < len(annotations):
-    unknown = sorted({str(a.get("category_id")) for a in annotations} - set(map(str, label_of)))
-    problems.report("unknown class, object dropped", path, f"category ids {unknown}",
-                    count=len(annotations) - len(known))
+  known = [a for a in annotations if a.get("category_id") in label_of]  # others: said once
   pixel_boxes = np.array([_coco_xyxy(a.get("bbox")) for a in known]).reshape(-1, 4)
   boxes, keep = relative_boxes(pixel_boxes, width, height, path, problems)
   labels = np.array([label_of[a["category_id"]] for a in known], np.int32).reshape(-1)[keep]

@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ssd_jax import config_utils
+from ssd_jax.config_validation import ConfigError
 from ssd_jax.data import annotations
 from ssd_jax.data import synthetic
 from ssd_jax.data.problems import Problems
@@ -75,41 +77,57 @@ def make_source(config: ml_collections.ConfigDict, split: str, process_index: in
     process_index, process_count = jax.process_index(), jax.process_count()
   data = config.data
   if data.source not in _KINDS:
-    raise ValueError(f"config.data.source must be one of {_KINDS}, got {data.source!r}")
+    raise ConfigError(f"config.data.source must be one of {_KINDS}, got {data.source!r}")
   if data.on_bad_data not in ("skip", "error"):
-    raise ValueError(f"config.data.on_bad_data must be 'skip' or 'error', got {data.on_bad_data!r}")
+    raise ConfigError(f"config.data.on_bad_data must be 'skip' or 'error', got {data.on_bad_data!r}")
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
   problems = Problems(strict=data.on_bad_data == "error")
-  entries = data.train_splits if split == "train" else data.eval_splits
+  field = f"config.data.{split}_splits"
+  entries = [split_entry(entry, field) for entry in
+             (data.train_splits if split == "train" else data.eval_splits)]
   make_part = _tfds_part if data.source == "tfds" else _folder_part
-  parts = [make_part(config, tuple(entry), split == "train", problems, process_index, process_count)
+  parts = [make_part(config, entry, split == "train", problems, process_index, process_count)
            for entry in entries]
   class_names = parts[0].class_names
   for part, entry in zip(parts, entries):
     if tuple(n.lower() for n in part.class_names) != tuple(n.lower() for n in class_names):
-      raise ValueError(f"{entry}: class names {part.class_names} differ from {entries[0]}'s "
-                       f"{class_names}")
-  if len(class_names) + 1 != config.model.num_classes:
-    raise ValueError(f"config.model.num_classes is {config.model.num_classes} but the data has "
-                     f"{len(class_names)} classes + background: {class_names}")
+      raise ConfigError(f"{field}: {entry}'s class names {part.class_names} differ from "
+                        f"{entries[0]}'s {class_names}")
+  config_utils.check_num_classes(config.model.num_classes, class_names)
   process_sizes = np.sum([part.process_sizes for part in parts], axis=0)
   return Source(tuple(class_names), parts[0].category_ids, tuple(p.records for p in parts),
                 tuple(p.process_sizes[process_index] for p in parts), int(process_sizes.max()),
                 data.source != "tfds", problems, process_index, process_count)
 
 
+def split_entry(entry, field: str) -> tuple[str, str]:
+  """A split entry, ``(where, which)`` or its short spelling ``"where:which"``, as a pair."""
+  if isinstance(entry, str) and ":" in entry:
+    return tuple(entry.rsplit(":", 1))
+  if not isinstance(entry, str) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
+    return tuple(entry)
+  raise ConfigError(f"{field}: entry {entry!r}: expected (where, which) or 'where:which', e.g. "
+                    f"--{field}=boxes:train (repeat the flag for several)")
+
+
 def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The config's class names; only when it defers to the dataset's own names is the dataset read."""
-  if config.data.class_names:
-    return tuple(config.data.class_names)
-  return make_source(config, "eval").class_names
+  """The config's class names or, when it defers to the dataset's (None), those of the first
+  eval split: the tfds builder's label names or the COCO json's categories, sorted by id."""
+  data = config.data
+  if data.class_names is not None:
+    return tuple(data.class_names)
+  where, which = split_entry(data.eval_splits[0], "config.data.eval_splits")
+  if data.source == "tfds":
+    return tuple(_prepared_builder(config, where).info.features["objects"]["label"].names)
+  if data.source == "coco_json":
+    json_path = os.path.join(os.path.expanduser(data.data_dir or ""), where)
+    return annotations.coco_json_class_names(json_path)
+  raise ConfigError(f"config.data.class_names must list the classes for source {data.source!r}")
 
 
-def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train: bool,
-               problems: Problems, process_index: int, process_count: int) -> _Part:
-  """This process's part of a tfds split."""
-  name, split = entry
+def _prepared_builder(config: ml_collections.ConfigDict, name: str) -> tfds.core.DatasetBuilder:
+  """The tfds builder of ``name`` in ``config.data.data_dir``; raises if it is not prepared."""
   data_dir = config.data.data_dir and os.path.expanduser(config.data.data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
@@ -118,13 +136,21 @@ def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train:
         f"{config.data.data_dir or '(tfds default)'}: looked for {builder.data_dir}. ssd_jax never "
         f"downloads data. On a machine with internet run `tfds build {name} --data_dir=DIR`, copy "
         f"DIR here and set config.data.data_dir=DIR.")
+  return builder
+
+
+def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train: bool,
+               problems: Problems, process_index: int, process_count: int) -> _Part:
+  """This process's part of a tfds split."""
+  name, split = entry
+  builder = _prepared_builder(config, name)
   if builder.name not in ("voc", "coco"):
-    raise ValueError(f"tfds source supports the voc and coco builders, got {name!r}")
+    raise ConfigError(f"tfds source supports the voc and coco builders, got {name!r}")
   class_names = tuple(builder.info.features["objects"]["label"].names)
   if config.data.class_names is not None and tuple(
       n.lower() for n in config.data.class_names) != tuple(n.lower() for n in class_names):
-    raise ValueError(f"config.data.class_names {tuple(config.data.class_names)} differ from "
-                     f"{name}'s {class_names}")
+    raise ConfigError(f"config.data.class_names {tuple(config.data.class_names)} differ from "
+                      f"{name}'s {class_names}; leave them out (None) to take {name}'s")
   shard_sizes = [builder.info.splits[tfds.split_for_jax_process(
       split, process_index=p, process_count=process_count)].num_examples
                  for p in range(process_count)]
@@ -163,7 +189,7 @@ def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], trai
   data_dir = os.path.expanduser(data.data_dir or
                                 ("~/.cache/ssd_jax" if data.source == "synthetic" else ""))
   if not data_dir:
-    raise ValueError(f"config.data.data_dir must be set for source {data.source!r}")
+    raise ConfigError(f"config.data.data_dir must be set for source {data.source!r}")
   class_names = None if data.class_names is None else tuple(data.class_names)
   category_ids = None
   if data.source == "coco_json":
@@ -178,7 +204,7 @@ def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], trai
         drop_empty=train)
   else:
     if class_names is None:
-      raise ValueError(f"config.data.class_names must list the classes for source {data.source!r}")
+      raise ConfigError(f"config.data.class_names must list the classes for source {data.source!r}")
     root = os.path.join(data_dir, where)
     if data.source == "synthetic":
       root = synthetic.prepare(data.synthetic, class_names, data_dir, where)
@@ -193,7 +219,8 @@ def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], trai
                                              keep_difficult=not train or data.train_difficult,
                                              drop_empty=train)
   if not records:
-    raise ValueError(f"no usable images in {entry} under {data_dir} (see the warnings above)")
+    raise DatasetNotFoundError(f"no usable images in {entry} under {data_dir} (see the warnings "
+                               "above)")
   shard_sizes = [len(records[p::process_count]) for p in range(process_count)]
   return _Part(records_dataset(records[process_index::process_count]), shard_sizes, class_names,
                category_ids)
