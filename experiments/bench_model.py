@@ -1,15 +1,20 @@
-"""SSD300-VGG16 speed on this machine: forward and forward+backward images/s per batch size.
+"""SSD300-VGG16 speed on this machine: forward (and optionally forward+backward) images/s per
+batch size, ours vs torchvision.
 
 Runs our jitted model and, when torch and torchvision are installed, torchvision's
-ssd300_vgg16 (backbone + head, no transform or post-processing) on the same random normalised
-inputs, and prints the ratio. Forward+backward differentiates a cheap surrogate loss,
-mean(loc^2) + mean(logits^2), so the number is the model's, not the matching's or the loss's.
+ssd300_vgg16 (random weights, backbone + head, no transform or post-processing, as many threads
+as cores) on the same random normalised inputs, and prints the ratio. ``--backward`` adds
+forward+backward of a cheap surrogate loss, mean(loc^2) + mean(logits^2), so the number is the
+model's, not the matching's or the loss's (the whole train step is ``bench_train.py``).
 Achieved FLOP/s use the FLOPs of XLA's cost analysis of the compiled program, as a fraction of
 the float32 matmul rate of jax measured in the same run (a large jnp.matmul, best of 5); torch's
-matmul rate is printed beside it.
+matmul rate is printed beside it. XLA options: ``ssd_jax.xla_flags``' inference defaults unless
+``XLA_FLAGS`` sets them (printed).
 
   python experiments/bench_model.py [--batch_sizes 1,8,32] [--config configs/ssd300.py]
-      [--min_time 5] [--no_torch] [--dtype float32]
+      [--min_time 5] [--no_torch] [--backward] [--dtype float32] [--quick]
+
+``--quick`` is batches 1 and 8 timed once each (a smoke run).
 """
 
 import argparse
@@ -22,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssd_jax import config_utils, models
+from ssd_jax import config_utils, models, xla_flags
 
 
 def timed(run: Callable[[], object], min_time: float, max_runs: int = 10) -> float:
@@ -86,19 +91,22 @@ def jax_programs(model: models.SSD):
   return params, forward, jax.jit(jax.grad(surrogate))
 
 
-def bench_jax(model, batch: int, size: int, min_time: float) -> dict[str, tuple[float, float]]:
-  """{mode: (seconds per batch, FLOPs per batch)} for "fwd" and "fwd+bwd"."""
-  params, forward, backward = jax_programs(model)
+def bench_jax(model, batch: int, size: int, min_time: float,
+              backward: bool) -> dict[str, tuple[float, float]]:
+  """{mode: (seconds per batch, FLOPs per batch)} for "fwd" (and "fwd+bwd")."""
+  params, forward, both = jax_programs(model)
   images = jax.random.normal(jax.random.key(1), (batch, size, size, 3))
   results = {}
-  for mode, program in (("fwd", forward), ("fwd+bwd", backward)):
-    flops = program.lower(params, images).compile().cost_analysis()["flops"]
-    seconds = timed(lambda: jax.block_until_ready(program(params, images)), min_time)
+  for mode, program in (("fwd", forward), ("fwd+bwd", both))[:2 if backward else 1]:
+    compiled = program.lower(params, images).compile()  # once, for the FLOPs and the timing
+    flops = compiled.cost_analysis()["flops"]
+    seconds = timed(lambda: jax.block_until_ready(compiled(params, images)), min_time)  # noqa: B023
     results[mode] = (seconds, flops)
   return results
 
 
-def bench_torch(batch: int, size: int, num_classes: int, min_time: float) -> dict[str, float]:
+def bench_torch(batch: int, size: int, num_classes: int, min_time: float,
+                backward: bool) -> dict[str, float]:
   """{mode: seconds per batch} of torchvision's ssd300_vgg16 backbone + head."""
   import torch  # pylint: disable=g-import-not-at-top  (optional)
   from torchvision.models.detection import ssd300_vgg16  # pylint: disable=g-import-not-at-top
@@ -113,13 +121,16 @@ def bench_torch(batch: int, size: int, num_classes: int, min_time: float) -> dic
     with torch.no_grad():
       outputs()
 
-  def backward():
+  def forward_backward():
     model.zero_grad(set_to_none=True)
     loc, logits = outputs()
     ((loc ** 2).mean() + (logits ** 2).mean()).backward()
 
   model.eval()
-  return {"fwd": timed(forward, min_time), "fwd+bwd": timed(backward, min_time)}
+  results = {"fwd": timed(forward, min_time)}
+  if backward:
+    results["fwd+bwd"] = timed(forward_backward, min_time)
+  return results
 
 
 def main() -> None:
@@ -131,20 +142,27 @@ def main() -> None:
   parser.add_argument("--min_time", type=float, default=5.0,
                       help="time each measurement for at least this long (s), max 10 runs")
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--backward", action="store_true", help="also time forward+backward")
+  parser.add_argument("--quick", action="store_true", help="batches 1 and 8, one timed run")
   args = parser.parse_args()
+  xla_flags.apply("eval")  # before JAX starts (XLA reads XLA_FLAGS once)
+  if args.quick:
+    args.batch_sizes, args.min_time = "1,8", 0.0
 
   config = config_utils.load_config(args.config)
   config.model.dtype = args.dtype
   size = config.model.image_size
   try:
     import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(os.cpu_count() or 1)  # the cores XLA:CPU uses
     use_torch = not args.no_torch
     torch_info = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
   except ImportError:
     use_torch, torch_info = False, ", torch not installed"
   print(f"{config.model.name} {size}x{size}, {config.model.num_classes} classes, "
         f"{args.dtype}; jax {jax.__version__} on {jax.devices()[0].device_kind} "
-        f"({os.cpu_count()} cores){torch_info}")
+        f"({os.cpu_count()} cores){torch_info}; load average {os.getloadavg()[0]:.1f}")
+  print(xla_flags.summary())
   peak = matmul_peak()
   print(f"float32 matmul peak (4096^3, best of 5): jax {peak / 1e9:.1f} GFLOP/s"
         + (f", torch {torch_matmul_peak() / 1e9:.1f} GFLOP/s" if use_torch else ""))
@@ -153,8 +171,9 @@ def main() -> None:
             f"{'of peak':>7}")
   print(header + (f" {'torch img/s':>11} {'jax/torch':>9}" if use_torch else ""))
   for batch in (int(b) for b in args.batch_sizes.split(",")):
-    ours = bench_jax(model, batch, size, args.min_time)
-    theirs = bench_torch(batch, size, config.model.num_classes, args.min_time) if use_torch else {}
+    ours = bench_jax(model, batch, size, args.min_time, args.backward)
+    theirs = (bench_torch(batch, size, config.model.num_classes, args.min_time, args.backward)
+              if use_torch else {})
     for mode, (seconds, flops) in ours.items():
       line = (f"{batch:>5}  {mode:<8} {batch / seconds:>9.3f} {flops / batch / 1e9:>9.1f} "
               f"{flops / seconds / 1e9:>8.1f} {flops / seconds / peak:>7.1%}")

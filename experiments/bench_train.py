@@ -1,14 +1,18 @@
 """Benchmark: train-step images/s, ours vs torchvision's SSD300 training step on the same CPU.
 
-Measures, in one run:
-- the quickstart model's jitted train step (batch 32, 128 px);
-- SSD300-VGG16's jitted train step at batch 8 (300 px), and torchvision's `ssd300_vgg16`
-  training step (forward with targets, its own matching and loss, backward, SGD step) at the same
-  batch when torch and torchvision are installed: the ratio is printed;
+Measures, in one run (XLA options: ``ssd_jax.xla_flags``' train defaults unless ``XLA_FLAGS``
+sets them; the line printed first says which are in force):
+- the quickstart model's jitted train step (batch 32, 128 px): steps/s;
+- SSD300-VGG16's jitted train step at each ``--batch_sizes`` (300 px), its achieved FLOP/s (XLA's
+  cost analysis of the compiled step) as a share of the float32 matmul rate measured in the same
+  run, and torchvision's ``ssd300_vgg16`` training step (forward with targets, its own matching
+  and loss, backward, SGD step; random weights, the same threads) at the same batch: the ratio
+  is printed;
 - the share of our SSD300 step spent in matching + encoding + the MultiBox loss (timed alone on
   tensors of the model's output shapes).
 
-Run: python experiments/bench_train.py [--steps 3] [--skip_torch]
+Run: python experiments/bench_train.py [--steps 3] [--batch_sizes 8,32] [--skip_torch] [--quick]
+``--quick`` is batch 8 only with 2 timed steps (a smoke run).
 """
 
 import argparse
@@ -16,12 +20,18 @@ import os
 import platform
 import sys
 
-import jax
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from ssd_jax import xla_flags  # noqa: E402
 
-from ssd_jax import config_utils, losses, matching, parallel, priors
+xla_flags.apply("train")  # before JAX starts: XLA reads XLA_FLAGS once
 
-import timing  # experiments/timing.py, beside this script
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssd_jax import config_utils, losses, matching, parallel, priors  # noqa: E402
+
+import bench_model  # noqa: E402  (experiments/bench_model.py: the matmul peak)
+import timing  # noqa: E402  (experiments/timing.py, beside this script)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import test_train_step as fixtures  # noqa: E402  (the tests' tiny batch builder and step factory)
@@ -30,17 +40,19 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def ours(config_name: str, batch_size: int, steps: int, variant=None):
-  """(seconds per train step, config) of our jitted step on a fixed batch."""
+  """(seconds per train step, FLOPs per step, config) of our jitted step on a fixed batch."""
   config = config_utils.load_config(os.path.join(CONFIGS, config_name), variant)
   config.data.batch_size = batch_size
   mesh, state, step = fixtures.make_step(config)
   batch = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+  compiled = step.lower(state, batch).compile()  # compiled once, for the FLOPs and the timing
+  flops = compiled.cost_analysis()["flops"]
   holder = {"state": state}
 
   def run():
-    holder["state"], metrics = step(holder["state"], batch)
+    holder["state"], metrics = compiled(holder["state"], batch)
     return metrics["loss"]
-  return timing.median_seconds(run, steps), config
+  return timing.median_seconds(run, steps), flops, config
 
 
 def targets_and_loss_time(config, steps: int) -> float:
@@ -57,8 +69,8 @@ def targets_and_loss_time(config, steps: int) -> float:
     loc_t, cls_t = matching.match_batch(boxes, labels, mask, prior_boxes)
     return jax.value_and_grad(lambda l, g: losses.multibox_loss(l, g, loc_t, cls_t)[0],
                               argnums=(0, 1))(loc, logits)
-  return timing.median_seconds(lambda: targets_and_loss(loc, logits, batch["boxes"], batch["labels"],
-                                             batch["mask"]), steps)
+  return timing.median_seconds(
+      lambda: targets_and_loss(loc, logits, batch["boxes"], batch["labels"], batch["mask"]), steps)
 
 
 def torchvision_step_time(batch_size: int, steps: int) -> float | None:
@@ -68,6 +80,7 @@ def torchvision_step_time(batch_size: int, steps: int) -> float | None:
     from torchvision.models.detection import ssd300_vgg16
   except ImportError:
     return None
+  torch.set_num_threads(os.cpu_count() or 1)  # the cores XLA:CPU uses
   torch.manual_seed(0)
   model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).train()
   optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
@@ -86,25 +99,40 @@ def torchvision_step_time(batch_size: int, steps: int) -> float | None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--batch_sizes", default="8,32")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--quick", action="store_true", help="batch 8 only, 2 timed steps")
   args = parser.parse_args()
+  steps, batch_sizes = (2, [8]) if args.quick else (args.steps, [
+      int(b) for b in args.batch_sizes.split(",")])
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
-        f"{jax.devices()[0].device_kind}")
+        f"{jax.devices()[0].device_kind}, load average {os.getloadavg()[0]:.1f}")
+  print(xla_flags.summary())
+  peak = bench_model.matmul_peak()
+  print(f"float32 matmul peak (4096^3, best of 5): {peak / 1e9:.1f} GFLOP/s")
 
-  quick_s, _ = ours("quickstart.py", 32, max(args.steps, 5))
-  print(f"quickstart model, batch 32, 128 px: {quick_s * 1e3:.0f} ms/step, {32 / quick_s:.1f} images/s")
+  quick_s, _, _ = ours("quickstart.py", 32, max(steps, 5))
+  print(f"quickstart model, batch 32, 128 px: {quick_s * 1e3:.0f} ms/step, {1 / quick_s:.2f} "
+        f"steps/s, {32 / quick_s:.1f} images/s")
 
-  ssd_s, config = ours("ssd300.py", 8, args.steps)
-  share = targets_and_loss_time(config, max(args.steps, 5)) / ssd_s
-  print(f"SSD300-VGG16, batch 8, 300 px: {ssd_s:.2f} s/step, {8 / ssd_s:.2f} images/s; "
-        f"matching + loss: {100 * share:.1f}% of the step")
-  torch_s = None if args.skip_torch else torchvision_step_time(8, args.steps)
-  if torch_s is None:
-    print("torchvision ssd300_vgg16: skipped (torch/torchvision not installed or --skip_torch)")
-  else:
-    import torch
-    print(f"torchvision ssd300_vgg16, batch 8 ({torch.get_num_threads()} threads): {torch_s:.2f} "
-          f"s/step, {8 / torch_s:.2f} images/s; ssd_jax is {torch_s / ssd_s:.2f}x its speed")
+  for batch_size in batch_sizes:
+    ssd_s, flops, config = ours("ssd300.py", batch_size, steps)
+    line = (f"SSD300-VGG16 train step, batch {batch_size}: {ssd_s:.2f} s, "
+            f"{batch_size / ssd_s:.2f} images/s, {flops / ssd_s / 1e9:.0f} GFLOP/s = "
+            f"{flops / ssd_s / peak:.0%} of the matmul peak")
+    if batch_size == batch_sizes[0]:
+      share = targets_and_loss_time(config, max(steps, 5)) / ssd_s
+      line += f"; matching + loss: {100 * share:.1f}% of the step"
+    print(line, flush=True)
+    torch_s = None if args.skip_torch else torchvision_step_time(batch_size, steps)
+    if torch_s is None:
+      print("torchvision ssd300_vgg16: skipped (torch/torchvision not installed or --skip_torch)")
+    else:
+      import torch
+      print(f"torchvision ssd300_vgg16 train step, batch {batch_size} "
+            f"({torch.get_num_threads()} threads): {torch_s:.2f} s, "
+            f"{batch_size / torch_s:.2f} images/s; ssd_jax is {torch_s / ssd_s:.2f}x its speed",
+            flush=True)
 
 
 if __name__ == "__main__":
