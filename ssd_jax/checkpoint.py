@@ -1,9 +1,12 @@
 """Orbax checkpoints of the train state in ``<workdir>/checkpoints``, and of a model's weights.
 
-Each checkpoint holds the train state (parameters, model state, optimiser state, step) and a
-small JSON record of where the run stands (step, examples seen). The input pipeline is a pure
-function of (seed, step), so the step is the data position. Orbax writes each checkpoint to a
-temporary folder and renames it when complete, so a process killed at any moment leaves only
+Each checkpoint holds three items: ``variables``, the model's variables ({"params",
+"model_state"}: parameters and BatchNorm statistics), all that inference restores; ``training``,
+the rest of the train state ({"step", "opt_state"}); and ``meta``, a small JSON record of where the
+run stands (step, examples seen). Checkpoints written before the model's variables had their own
+item hold the whole train state in one item, ``state``: both layouts restore. The input pipeline
+is a pure function of (seed, step), so the step is the data position. Orbax writes each checkpoint
+to a temporary folder and renames it when complete, so a process killed at any moment leaves only
 complete checkpoints behind (and a temporary folder that the next manager cleans up).
 
 A weights checkpoint (``save_weights`` / ``load_weights``: what ``python -m ssd_jax.convert``
@@ -20,7 +23,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-STATE, META = "state", "meta"
+VARIABLES, TRAINING, META = "variables", "training", "meta"
+LEGACY_STATE = "state"  # the previous layout's one item for the whole train state
+ITEMS = (VARIABLES, TRAINING, META, LEGACY_STATE)
 # The variables a weights checkpoint holds: parameters and BatchNorm running statistics.
 WEIGHTS = (nnx.Param, nnx.BatchStat)
 
@@ -42,20 +47,21 @@ def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.Chec
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          cleanup_tmp_directories=not read_only,
                                          read_only=read_only)
-  return ocp.CheckpointManager(directory, options=options, item_names=(STATE, META))
+  return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
 class BestKeeper:
   """Keeps the checkpoint with the best evaluation metric in ``<workdir>/best``.
 
   The metric is "mAP" (VOC) or "AP" (COCO); the best value so far is read back from the saved
-  meta, so a resumed run does not replace a better checkpoint of its earlier life.
+  meta, so a resumed run does not replace a better checkpoint of its earlier life. Its
+  checkpoint has the items of those in ``<workdir>/checkpoints`` (``save``).
   """
 
   def __init__(self, workdir: str):
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "best"),
-                                         options=options, item_names=(STATE, META))
+                                         options=options, item_names=ITEMS)
     step = self.manager.latest_step()
     self.best = (-float("inf") if step is None else
                  self.manager.restore(step, args=ocp.args.Composite(
@@ -70,33 +76,94 @@ class BestKeeper:
     save(self.manager, state, {**meta, "metric": value})
 
 
+def model_variables(state: Any) -> dict[str, Any]:
+  """The ``variables`` item of a train state (or of its abstract shapes)."""
+  return {"params": state.params, "model_state": state.model_state}
+
+
+def _training(state: Any) -> dict[str, Any]:
+  return {"step": state.step, "opt_state": state.opt_state}
+
+
+def save_args(state: Any, meta: dict[str, Any]) -> ocp.args.Composite:
+  """The items of one checkpoint of ``state`` (a ``train_step.TrainState``), for ``manager.save``."""
+  return ocp.args.Composite(**{VARIABLES: ocp.args.StandardSave(model_variables(state)),
+                               TRAINING: ocp.args.StandardSave(_training(state)),
+                               META: ocp.args.JsonSave(meta)})
+
+
 def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any]) -> None:
   """Saves ``state`` at its step and waits until it is on disk."""
   step = int(jax.device_get(state.step))
-  manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                                META: ocp.args.JsonSave(meta)}), force=True)
+  manager.save(step, args=save_args(state, meta), force=True)
   manager.wait_until_finished()
   logging.info("saved checkpoint at step %d in %s", step, manager.directory)
+
+
+def _step_to_restore(manager: ocp.CheckpointManager, step: int | None) -> int | None:
+  """``step``, or the latest when None (None when there is none); FileNotFoundError naming the
+  available steps when ``step`` is not among them."""
+  if step is None:
+    return manager.latest_step()
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint for step {step} in {manager.directory}; "
+                            f"available steps: {sorted(manager.all_steps())}")
+  return step
+
+
+def _is_legacy(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether checkpoint ``step`` has the previous layout (one ``state`` item)."""
+  # The step's folder (not item_metadata, which warns about every item it has no handler for).
+  return (manager.directory / str(step) / LEGACY_STATE).exists()
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
             step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
   """(state, meta) of checkpoint ``step`` (default: the latest), shaped and sharded like
-  ``abstract_state``; None when there is no checkpoint at all.
+  ``abstract_state`` (a train state of ``jax.ShapeDtypeStruct`` or of arrays); None when there is
+  no checkpoint at all. Either layout.
 
   Raises FileNotFoundError naming the available steps when ``step`` is not among them.
   """
+  step = _step_to_restore(manager, step)
   if step is None:
-    step = manager.latest_step()
-    if step is None:
-      return None
-  elif step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint for step {step} in {manager.directory}; "
-                            f"available steps: {sorted(manager.all_steps())}")
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
+    return None
+  if _is_legacy(manager, step):
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        LEGACY_STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
+    state = restored[LEGACY_STATE]
+  else:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardRestore(model_variables(abstract_state)),
+        TRAINING: ocp.args.StandardRestore(_training(abstract_state)),
+        META: ocp.args.JsonRestore()}))
+    state = abstract_state.replace(**restored[VARIABLES], **restored[TRAINING])
   logging.info("restored checkpoint at step %d from %s", step, manager.directory)
-  return restored[STATE], restored[META]
+  return state, restored[META]
+
+
+def restore_variables(manager: ocp.CheckpointManager, abstract_variables: dict[str, Any],
+                      step: int | None = None) -> tuple[dict[str, Any], int] | None:
+  """(model variables, step) of checkpoint ``step`` (default: the latest), without the optimiser
+  state; None when there is no checkpoint at all. Either layout.
+
+  ``abstract_variables``: {"params", "model_state"} of ``jax.ShapeDtypeStruct`` (with the
+  shardings to restore onto). Raises FileNotFoundError as ``restore`` does.
+  """
+  step = _step_to_restore(manager, step)
+  if step is None:
+    return None
+  if _is_legacy(manager, step):
+    # Only the variables' part of the old train state: a partial restore of that pytree.
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        LEGACY_STATE: ocp.args.PyTreeRestore(
+            abstract_variables, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                abstract_variables), partial_restore=True)}))[LEGACY_STATE]
+  else:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardRestore(abstract_variables)}))[VARIABLES]
+  logging.info("restored the model's variables at step %d from %s", step, manager.directory)
+  return restored, step
 
 
 def flat_weights(model: nnx.Module) -> dict[str, Any]:

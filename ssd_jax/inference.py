@@ -1,7 +1,8 @@
 """A trained detector for evaluation and prediction: restore a checkpoint, run model + NMS in one jit.
 
-``Detector.restore(config, workdir, step)`` loads the parameters (and BatchNorm statistics) of a
-training checkpoint; ``detector(images)`` maps normalised images [B, S, S, 3] to static-shape
+``Detector.restore(config, workdir, step)`` loads the model's variables (parameters and BatchNorm
+statistics) of a training checkpoint, with the model registry and ``checkpoint`` alone (no
+optimiser is built); ``detector(images)`` maps normalised images [B, S, S, 3] to static-shape
 detections on the device: boxes [B, K, 4] xyxy in [0, 1], scores [B, K], classes [B, K] int32 in
 1..C-1 and valid [B, K].
 """
@@ -17,7 +18,6 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax import checkpoint, models, parallel, postprocess, priors
-from ssd_jax import train_step as step_lib
 
 Detections = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
@@ -49,29 +49,36 @@ class Detector:
     return self._detect(self.params, self.model_state, images)
 
   @classmethod
-  def from_state(cls, config: ml_collections.ConfigDict, state: step_lib.TrainState) -> "Detector":
-    """The detector of a train state (e.g. during training, for periodic evaluation)."""
+  def from_state(cls, config: ml_collections.ConfigDict, state) -> "Detector":
+    """The detector of a train state (``train_step.TrainState``: params, model_state, step),
+    e.g. during training, for periodic evaluation."""
     return cls(config, state.params, state.model_state, int(jax.device_get(state.step)),
-               eval_graphdef(config))
+               eval_model(config)[0])
 
   @classmethod
   def restore(cls, config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> "Detector":
     """The detector of checkpoint ``step`` (default: the latest) in ``workdir``."""
-    from ssd_jax import train  # train imports the input pipeline; only needed here
-    abstract = train.abstract_train_state(config, parallel.create_mesh(config))
+    graphdef, abstract = eval_model(config, parallel.replicated(parallel.create_mesh(config)))
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints, read_only=True)
-    restored = checkpoint.restore(manager, abstract, step)
+    restored = checkpoint.restore_variables(manager, abstract, step)
     manager.close()
     if restored is None:
       raise FileNotFoundError(f"no checkpoint in {manager.directory}: train first "
                               "(--mode=train with the same --workdir)")
-    state, _ = restored
-    logging.info("detector from step %d of %s", int(state.step), workdir)
-    return cls.from_state(config, state)
+    variables, step = restored
+    logging.info("detector from step %d of %s", step, workdir)
+    return cls(config, variables["params"], variables["model_state"], step, graphdef)
 
 
-def eval_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
-  """The graph of ``config``'s model in eval mode (BatchNorm on its running statistics)."""
+def eval_model(config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None,
+               ) -> tuple[nnx.GraphDef, dict[str, nnx.State]]:
+  """The graph of ``config``'s model in eval mode (BatchNorm on its running statistics) and its
+  variables' shapes: {"params", "model_state"} of ``jax.ShapeDtypeStruct`` placed with
+  ``sharding`` (what ``checkpoint.restore_variables`` takes); nothing is computed."""
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
   model.eval()
-  return nnx.graphdef(model)
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        {"params": params, "model_state": model_state})
+  return graphdef, shapes
+

@@ -63,15 +63,6 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
   return graphdef, state, tx, schedule
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, mesh) -> step_lib.TrainState:
-  """Shapes, dtypes and (replicated) shardings of ``config``'s train state, without computing it."""
-  tx, _ = optimizer.create_optimizer(config)
-  init = lambda: step_lib.create_train_state(models.create_model(config, nnx.Rngs(0)), tx)[1]
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      jax.eval_shape(init))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        evaluate: EvaluateFn | None = None) -> step_lib.TrainState:
   """Trains ``config`` in ``workdir`` (resuming there) and returns the final train state.
