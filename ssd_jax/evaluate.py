@@ -30,10 +30,9 @@ def collect(detector: Detector, config: ml_collections.ConfigDict,
   """Runs ``detector`` over the eval split. Returns the per-image detections and ground truth in
   original pixels (gathered from every process), and the first batch with its detections."""
   collector = voc.Collector()
-  mesh = parallel.create_mesh(config)
   first = None
   for batch in data.eval_iterator(config, source):
-    images = parallel.global_batch({"image": batch["image"]}, mesh)["image"]
+    images = parallel.global_batch({"image": batch["image"]}, detector.mesh)["image"]
     outputs = dict(zip(("det_boxes", "det_scores", "det_classes", "det_valid"), detector(images)))
     if jax.process_count() > 1:  # every process sees the whole split's results
       batch = multihost_utils.process_allgather(batch, tiled=True)
@@ -112,8 +111,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
   return evaluate_detector(Detector.restore(config, workdir, step), config, workdir)
 
 
-def periodic(config: ml_collections.ConfigDict, workdir: str) -> Callable:
-  """The training loop's evaluation: ``evaluate(state, step) -> metrics``."""
+def periodic(config: ml_collections.ConfigDict, workdir: str, bundle) -> Callable:
+  """The training loop's evaluation, built once per run: ``evaluate(state, step) -> metrics``.
+
+  ``bundle`` (``train.Bundle``) gives the run's mesh; the detector is built and compiled at the
+  first evaluation and reused with each later state.
+  """
+  detector = None
+
   def run(state, step: int) -> dict[str, float]:
-    return evaluate_detector(Detector.from_state(config, state), config, workdir)
+    nonlocal detector
+    detector = (Detector.from_state(config, state, bundle.mesh) if detector is None
+                else detector.with_state(state))
+    return evaluate_detector(detector, config, workdir)
   return run

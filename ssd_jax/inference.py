@@ -7,6 +7,7 @@ detections on the device: boxes [B, K, 4] xyxy in [0, 1], scores [B, K], classes
 1..C-1 and valid [B, K].
 """
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from ssd_jax import checkpoint, models, parallel, postprocess, priors
 
@@ -33,12 +35,14 @@ def detect_images(params: nnx.State, model_state: nnx.State, images: jax.Array, 
 
 @dataclasses.dataclass
 class Detector:
-  """The eval-mode model of ``config`` with its parameters, and one jitted detect function."""
+  """The eval-mode model of ``config`` with its variables, and one jitted detect function; images
+  are batched over ``mesh`` (``parallel.global_batch``)."""
   config: ml_collections.ConfigDict
   params: nnx.State
   model_state: nnx.State
   step: int
   graphdef: nnx.GraphDef
+  mesh: Mesh
 
   def __post_init__(self):
     self._detect = jax.jit(functools.partial(
@@ -48,17 +52,25 @@ class Detector:
   def __call__(self, images: np.ndarray) -> Detections:
     return self._detect(self.params, self.model_state, images)
 
+  def with_state(self, state) -> "Detector":
+    """This detector, its compiled function included, with the variables and step of a train
+    state of the same model (``train_step.TrainState``: params, model_state, step)."""
+    other = copy.copy(self)
+    other.params, other.model_state = state.params, state.model_state
+    other.step = int(jax.device_get(state.step))
+    return other
+
   @classmethod
-  def from_state(cls, config: ml_collections.ConfigDict, state) -> "Detector":
-    """The detector of a train state (``train_step.TrainState``: params, model_state, step),
-    e.g. during training, for periodic evaluation."""
+  def from_state(cls, config: ml_collections.ConfigDict, state, mesh: Mesh) -> "Detector":
+    """The detector of a train state (see ``with_state``), e.g. for periodic evaluation."""
     return cls(config, state.params, state.model_state, int(jax.device_get(state.step)),
-               eval_model(config)[0])
+               eval_model(config)[0], mesh)
 
   @classmethod
   def restore(cls, config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> "Detector":
     """The detector of checkpoint ``step`` (default: the latest) in ``workdir``."""
-    graphdef, abstract = eval_model(config, parallel.replicated(parallel.create_mesh(config)))
+    mesh = parallel.create_mesh(config)
+    graphdef, abstract = eval_model(config, parallel.replicated(mesh))
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints, read_only=True)
     restored = checkpoint.restore_variables(manager, abstract, step)
     manager.close()
@@ -67,7 +79,7 @@ class Detector:
                               "(--mode=train with the same --workdir)")
     variables, step = restored
     logging.info("detector from step %d of %s", step, workdir)
-    return cls(config, variables["params"], variables["model_state"], step, graphdef)
+    return cls(config, variables["params"], variables["model_state"], step, graphdef, mesh)
 
 
 def eval_model(config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding | None = None,

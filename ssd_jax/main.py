@@ -7,6 +7,7 @@ periodically), ``eval`` (evaluates a checkpoint: ``--step``, default the latest)
 overridden: ``--config.optimizer.learning_rate=2e-3``.
 """
 
+import functools
 import logging
 import os
 import sys
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> None:
   logging.info("config:\n%s", config)
   logging.info(xla_flags.summary())
   if _MODE.value == "train":
-    train.train_and_evaluate(config, workdir, evaluate=evaluate.periodic(config, workdir))
+    train.train_and_evaluate(config, workdir, functools.partial(evaluate.periodic, config, workdir))
   elif _MODE.value == "eval":
     evaluate.evaluate_checkpoint(config, workdir, _STEP.value)
   elif _MODE.value == "export":

@@ -1,10 +1,12 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Sections: mesh, input, model and optimiser, restore, loop. The loop resumes from the latest
+Sections: mesh, input, model and optimiser (built once into a frozen ``Bundle`` that the step and
+the periodic evaluation share), restore, loop. The loop resumes from the latest
 checkpoint in ``workdir``, saves every ``config.train.checkpoint_every`` steps and at the end,
 saves and returns on SIGTERM (preemption), and stops on a non-finite loss without saving it.
 """
 
+import dataclasses
 import logging
 import os
 import signal
@@ -14,12 +16,27 @@ from typing import Callable, Iterator
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from ssd_jax import checkpoint, data, models, optimizer, parallel, priors, progress
 from ssd_jax import train_step as step_lib
 
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+  """What a run builds once from its config, for the train step and the periodic evaluation."""
+  mesh: Mesh
+  graphdef: nnx.GraphDef  # the model's graph in training mode
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  priors: np.ndarray  # [P, 4] cxcywh
+
+
 EvaluateFn = Callable[[step_lib.TrainState, int], dict[str, float]]
+# Builds the periodic evaluation once, from the run's bundle (e.g. ``evaluate.periodic``).
+MakeEvaluateFn = Callable[[Bundle], EvaluateFn]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,11 +81,12 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       evaluate: EvaluateFn | None = None) -> step_lib.TrainState:
+                       make_evaluate: MakeEvaluateFn | None = None) -> step_lib.TrainState:
   """Trains ``config`` in ``workdir`` (resuming there) and returns the final train state.
 
-  ``evaluate(state, step)``, when given, runs every ``config.train.eval_every`` steps and at
-  the end; its metrics are logged and written to TensorBoard.
+  ``make_evaluate(bundle)``, when given, is called once and returns ``evaluate(state, step)``,
+  which runs every ``config.train.eval_every`` steps and at the end; its metrics are logged and
+  written to TensorBoard.
   """
   # Mesh.
   mesh = parallel.create_mesh(config)
@@ -79,6 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Model and optimiser.
   graphdef, state, tx, schedule = initial_state(config, mesh)
+  bundle = Bundle(mesh, graphdef, tx, schedule, priors.from_config(config))
   progress.log_startup(state.params, mesh, config.data.batch_size)
 
   # Restore.
@@ -91,8 +110,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   batches: Iterator[dict[str, np.ndarray]] = data.train_iterator(config, start_step, source)
 
-  step_fn = step_lib.jit_train_step(mesh, state, graphdef=graphdef, tx=tx, schedule=schedule,
-                                    priors=priors.from_config(config), config=config)
+  step_fn = step_lib.jit_train_step(mesh, state, graphdef=bundle.graphdef, tx=bundle.tx,
+                                    schedule=bundle.schedule, priors=bundle.priors,
+                                    options=step_lib.StepOptions.from_config(config))
+  evaluate = make_evaluate(bundle) if make_evaluate is not None else None
   report = progress.Progress(workdir, total_steps, config.data.batch_size,
                              config.train.log_every_seconds, start_step)
   preemption = _Preemption()

@@ -3,9 +3,11 @@
 ``train_step(state, batch) -> (state, metrics)``: forward pass, matching/encoding of the padded
 ground truth against the priors (vmapped, on the device), MultiBox loss, gradients and the optax
 update. It is jitted once with the batch sharded on the mesh's ``data`` axis, the state
-replicated and donated.
+replicated and donated. It reads no ConfigDict: the few config values it needs come as one
+frozen ``StepOptions``.
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -43,18 +45,36 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
   return graphdef, state
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """The config values the step reads (``StepOptions.from_config``)."""
+  iou_threshold: float  # config.matching.iou_threshold: a prior matches at IoU >= this
+  variances: tuple[float, float]  # config.matching.variances: box encoding (centre, size)
+  matching_rule: str  # config.matching.rule: one of matching.RULES
+  neg_pos_ratio: float  # config.loss.neg_pos_ratio: hard negatives per positive
+  alpha: float  # config.loss.alpha: weight of the localisation loss
+  skip_nonfinite: bool  # config.train.skip_nonfinite: drop a non-finite update, keep going
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
+    return cls(iou_threshold=float(config.matching.iou_threshold),
+               variances=tuple(float(v) for v in config.matching.variances),
+               matching_rule=str(config.matching.rule),
+               neg_pos_ratio=float(config.loss.neg_pos_ratio), alpha=float(config.loss.alpha),
+               skip_nonfinite=bool(config.train.skip_nonfinite))
+
+
 def _loss_fn(params: nnx.State, model_state: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
-             priors: np.ndarray, config: ml_collections.ConfigDict):
+             priors: np.ndarray, options: StepOptions):
   """Scalar loss and (metrics, updated model state) of one batch."""
   # copy=True: fresh Variables owned by this trace, so BatchNorm may update its statistics.
   model = nnx.merge(graphdef, params, model_state, copy=True)
   outputs = model(batch["image"])  # normalised by the input pipeline
   loc_targets, cls_targets = matching.match_batch(
       batch["boxes"], batch["labels"], batch["mask"], jnp.asarray(priors),
-      config.matching.iou_threshold, tuple(config.matching.variances), config.matching.rule)
+      options.iou_threshold, options.variances, options.matching_rule)
   loss, metrics = losses.multibox_loss(
-      outputs.loc, outputs.logits, loc_targets, cls_targets,
-      config.loss.neg_pos_ratio, config.loss.alpha)
+      outputs.loc, outputs.logits, loc_targets, cls_targets, options.neg_pos_ratio, options.alpha)
   _, _, new_model_state = nnx.split(model, nnx.Param, ...)
   return loss, (metrics, new_model_state)
 
@@ -66,20 +86,21 @@ def _keep_if(finite: jax.Array, new: Any, old: Any) -> Any:
 
 def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule, priors: np.ndarray,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
-  """One optimisation step on a global batch (images, padded boxes [B, G, 4], labels, mask).
+               options: StepOptions) -> tuple[TrainState, Metrics]:
+  """One optimisation step on a global batch (images, padded boxes [B, G, 4] xyxy in [0, 1],
+  labels [B, G], mask [B, G]); ``priors`` [P, 4] cxcywh.
 
   A non-finite loss or gradient is reported in ``metrics["finite"]``; with
-  ``config.train.skip_nonfinite`` the update is dropped, otherwise the caller stops the run.
+  ``options.skip_nonfinite`` the update is dropped, otherwise the caller stops the run.
   """
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(
-      state.params, state.model_state, batch, graphdef, priors, config)
+      state.params, state.model_state, batch, graphdef, priors, options)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  if config.train.skip_nonfinite:
+  if options.skip_nonfinite:
     params, opt_state, model_state = _keep_if(
         finite, (params, opt_state, model_state), (state.params, state.opt_state, state.model_state))
   metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params),

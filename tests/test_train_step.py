@@ -47,7 +47,8 @@ def make_step(config):
   graphdef, state = step_lib.create_train_state(models.create_model(config, nnx.Rngs(0)), tx)
   state = jax.device_put(state, parallel.replicated(mesh))
   step = step_lib.jit_train_step(mesh, state, graphdef=graphdef, tx=tx, schedule=schedule,
-                                 priors=priors.from_config(config), config=config)
+                                 priors=priors.from_config(config),
+                                 options=step_lib.StepOptions.from_config(config))
   return mesh, state, step
 
 
