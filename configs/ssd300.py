@@ -3,6 +3,8 @@
 Variants: `--config=configs/ssd300.py` (VOC prior sizes), `--config=configs/ssd300.py:coco`
 (the COCO prior sizes of Caffe's `ssd_coco.py`: min 21..261, max 45..315).
 Reference result: VOC07+12 trainval -> VOC07 test mAP 77.2 with zoom-out augmentation.
+Caffe's details throughout: MatchBBox's bipartite matching (`matching.rule`), prior sizes from
+`priors.caffe_sizes` in whole pixels, hue +-36 degrees, a random resize interpolation per image.
 """
 
 import ml_collections

@@ -2,6 +2,10 @@
 
 Variants: `--config=configs/ssd512.py` (VOC), `--config=configs/ssd512.py:coco`.
 Reference result: VOC07+12 trainval -> VOC07 test mAP 79.8 with zoom-out augmentation.
+Priors: the released models' sizes per dataset (VOC 35.84..460.8 / 76.8..537.6, COCO 20.48..460.8
+/ 51.2..542.72 pixels), truncated to whole pixels as Caffe's PriorBox layer does
+(`priors.truncate_sizes`, needed by converted Caffe weights; False uses the fractional sizes).
+Matching and augmentation as configs/ssd300.py (Caffe's).
 """
 
 import ml_collections
