@@ -2,6 +2,14 @@
 
 Variants: `--config=configs/ssd300.py` (VOC prior sizes), `--config=configs/ssd300.py:coco`
 (the COCO prior sizes of Caffe's `ssd_coco.py`: min 21..261, max 45..315).
+Initialisation: the ImageNet VGG16 with reduced fc6/fc7, as the paper: torchvision's `vgg16`
+IMAGENET1K_FEATURES state_dict (vgg16_features-amdegroot-88682ab5.pth) or ssd.pytorch's
+`vgg16_reducedfc.pth` (how to get them: README, Experiments); `--config.train.init_from=scratch`
+trains from random weights instead.
+Command: `python -m ssd_jax.main --config=configs/ssd300.py --workdir=<dir>
+  --config.train.init_from=/path/to/vgg16_features-amdegroot-88682ab5.pth`
+  (needs tfds `voc/2007` and `voc/2012` prepared under --config.data.data_dir; nothing is
+  downloaded).
 Reference result: VOC07+12 trainval -> VOC07 test mAP 77.2 with zoom-out augmentation.
 Caffe's details throughout: MatchBBox's bipartite matching (`matching.rule`), prior sizes from
 `priors.caffe_sizes` in whole pixels, hue +-36 degrees, a random resize interpolation per image.
@@ -167,7 +175,12 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 120_000
   config.train.seed = 0  # model initialisation
-  config.train.init_from = ""  # a checkpoint written by `python -m ssd_jax.convert`
+  # Where the weights start: a .pth / .pt / .npz state_dict (converted on the fly, see
+  # ssd_jax/convert.py for the sources), a folder written by `python -m ssd_jax.convert`, or
+  # "scratch" (random weights). Left empty it is an error when requires_pretrained is set, so
+  # that a published recipe never silently starts from random weights.
+  config.train.init_from = ""
+  config.train.requires_pretrained = True  # the paper starts from the ImageNet VGG16
   config.train.checkpoint_every = 5000
   config.train.keep_checkpoints = 3
   config.train.eval_every = 10_000

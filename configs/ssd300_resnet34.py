@@ -3,8 +3,10 @@
 ResNet-34 cut after layer3 with layer3 at stride 1 (first source map 38x38, 256 channels), five
 extra levels with BatchNorm; priors, matching and loss as configs/ssd300.py (pass `:coco` for the
 COCO prior sizes and 81 classes, as MLPerf and NVIDIA train it).
-Backbone init: torchvision's ImageNet ResNet-34, hence the ImageNet input normalisation.
-Command: `python -m ssd_jax.main --config=configs/ssd300_resnet34.py:coco --workdir=<dir>`.
+Initialisation: torchvision's `resnet34` IMAGENET1K_V1 state_dict (resnet34-b627a593.pth; README,
+Experiments), stem to layer3 with its BatchNorm statistics; hence the ImageNet input normalisation.
+Command: `python -m ssd_jax.main --config=configs/ssd300_resnet34.py:coco --workdir=<dir>
+  --config.train.init_from=/path/to/resnet34-b627a593.pth`.
 Reference result: MLPerf training stops at COCO val2017 box AP 0.23 (MLPerf v0.6+ target).
 """
 

@@ -3,8 +3,11 @@
 ResNet-50 (v1.5) cut after layer3 with layer3 at stride 1 (first source map 38x38, 1024
 channels), five extra levels with BatchNorm; priors, matching and loss as configs/ssd300.py
 (pass `:coco` for NVIDIA's COCO setup: prior sizes 21..315 and 81 classes).
-Backbone init: torchvision's ImageNet ResNet-50, hence the ImageNet input normalisation.
-Command: `python -m ssd_jax.main --config=configs/ssd300_resnet50.py:coco --workdir=<dir>`.
+Initialisation: torchvision's `resnet50` IMAGENET1K_V1 state_dict (resnet50-0676ba61.pth, as
+NVIDIA; README, Experiments), stem to layer3 with its BatchNorm statistics; hence the ImageNet
+input normalisation.
+Command: `python -m ssd_jax.main --config=configs/ssd300_resnet50.py:coco --workdir=<dir>
+  --config.train.init_from=/path/to/resnet50-0676ba61.pth`.
 Reference result: NVIDIA reports about 25 COCO val2017 box AP after 65 epochs.
 """
 

@@ -6,9 +6,14 @@ id, 1..90 with torchvision's "N/A" gaps; 0 = background), anchor scales 0.07, 0.
 normalisation: GeneralizedRCNNTransform resizes to 300x300 and computes (x - mean) / std with
 mean (0.48235, 0.45882, 0.40784), std 1/255. Its box coder's weights (10, 10, 5, 5) on
 (dx, dy, dw, dh) are our variances (0.1, 0.2) on (cx, cy, w, h): same offsets, same order.
-Convert: `python -m ssd_jax.convert --config=configs/ssd300_torchvision_coco.py
-  --input=ssd300_vgg16_coco-b556d3b4.pth --output=/abs/path/ckpt`, then train or evaluate with
-`config.init_from` pointing at the checkpoint (`ssd_jax.convert.load_params`).
+Initialisation: torchvision's whole `ssd300_vgg16` COCO_V1 state_dict
+(ssd300_vgg16_coco-b556d3b4.pth, saved with torch.save on a machine with internet; README,
+Experiments), converted on the fly.
+Command: `python -m ssd_jax.main --config=configs/ssd300_torchvision_coco.py --workdir=<dir>
+  --config.train.init_from=/path/to/ssd300_vgg16_coco-b556d3b4.pth` trains (fine-tunes) from it.
+Or convert once, `python -m ssd_jax.convert --config=configs/ssd300_torchvision_coco.py
+  --input=ssd300_vgg16_coco-b556d3b4.pth --output=/abs/path/ckpt`, and pass the folder as
+`--config.train.init_from=/abs/path/ckpt` (`ssd_jax.checkpoint.load_weights` reads it).
 """
 
 import ml_collections

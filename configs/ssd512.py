@@ -1,6 +1,10 @@
 """SSD512 on VGG16 (Caffe `ssd_pascal512.py`): seven source maps, 24564 priors.
 
 Variants: `--config=configs/ssd512.py` (VOC), `--config=configs/ssd512.py:coco`.
+Initialisation: the ImageNet VGG16 of configs/ssd300.py (torchvision's `vgg16`
+IMAGENET1K_FEATURES state_dict or ssd.pytorch's `vgg16_reducedfc.pth`; README, Experiments).
+Command: `python -m ssd_jax.main --config=configs/ssd512.py --workdir=<dir>
+  --config.train.init_from=/path/to/vgg16_features-amdegroot-88682ab5.pth`.
 Reference result: VOC07+12 trainval -> VOC07 test mAP 79.8 with zoom-out augmentation.
 Priors: the released models' sizes per dataset (VOC 35.84..460.8 / 76.8..537.6, COCO 20.48..460.8
 / 51.2..542.72 pixels), truncated to whole pixels as Caffe's PriorBox layer does

@@ -5,8 +5,10 @@ Priors follow torchvision's `ssdlite320_mobilenet_v3_large` (not the TF object-d
 anchor generator of the paper): scales 0.2 + 0.15 k (k = 0..5) and 1.0 for the extra box of the
 last map, aspect ratios [2, 3] on every map (6 boxes per cell), cell centres (i + 0.5) / f_k and
 w, h clamped to [0, 1]: 3234 priors. The steps below are 320 / f_k in pixels.
-Backbone init: torchvision's ImageNet MobileNetV2, hence the ImageNet input normalisation.
-Command: `python -m ssd_jax.main --config=configs/ssdlite_mobilenetv2.py:coco --workdir=<dir>`.
+Initialisation: torchvision's `mobilenet_v2` IMAGENET1K_V1 state_dict (mobilenet_v2-b0353104.pth;
+README, Experiments), with its BatchNorm statistics; hence the ImageNet input normalisation.
+Command: `python -m ssd_jax.main --config=configs/ssdlite_mobilenetv2.py:coco --workdir=<dir>
+  --config.train.init_from=/path/to/mobilenet_v2-b0353104.pth`.
 Reference result: the paper reports 22.1 COCO test-dev AP (TF, its own anchors and recipe).
 """
 

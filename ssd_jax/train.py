@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from ssd_jax import checkpoint, data, models, optimizer, parallel, priors, progress
 from ssd_jax import train_step as step_lib
+from ssd_jax.config_validation import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +69,65 @@ def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
   return {name: float(value) for name, value in jax.device_get(metrics).items()}
 
 
+SCRATCH = "scratch"  # config.train.init_from: random weights, asked for explicitly
+
+
+def check_init_from(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError / FileNotFoundError for an unusable ``config.train.init_from``.
+
+  Cheap (no file is read): called before anything is built. A config with
+  ``train.requires_pretrained`` needs weights, or ``scratch`` said explicitly.
+  """
+  init_from = config.train.init_from
+  if not init_from:
+    if config.train.requires_pretrained:
+      from ssd_jax import convert  # pylint: disable=g-import-not-at-top  (the weights it takes)
+      expected = convert.PRETRAINED.get(config.model.name, "a converted weights checkpoint")
+      raise ConfigError(
+          f"{config.model.name} starts from pretrained weights: pass --config.train.init_from="
+          f"FILE with FILE {expected}, saved beforehand on a machine with internet (see README, "
+          f"Experiments; nothing is downloaded), or --config.train.init_from={SCRATCH} to train "
+          "from random weights")
+  elif init_from != SCRATCH:
+    if not os.path.exists(init_from):
+      raise FileNotFoundError(f"config.train.init_from={init_from!r}: no such file or folder")
+    if os.path.isdir(init_from):
+      return
+    from ssd_jax import convert  # pylint: disable=g-import-not-at-top  (a weight file)
+    if not init_from.endswith(convert.STATE_DICT_SUFFIXES):
+      raise ConfigError(f"config.train.init_from={init_from!r}: expected {SCRATCH!r}, a folder "
+                        "written by `python -m ssd_jax.convert`, or a state_dict file ending in "
+                        f"{' or '.join(convert.STATE_DICT_SUFFIXES)}")
+
+
+def initial_model(config: ml_collections.ConfigDict) -> models.SSD:
+  """``config``'s model, initialised with ``config.train.seed`` and then, per
+  ``config.train.init_from``: nothing more ("" or "scratch"), a weights checkpoint folder
+  (``checkpoint.load_weights``), or a ``.pth`` / ``.npz`` state_dict converted on the fly (checked
+  against the model's shapes before the model is built)."""
+  check_init_from(config)
+  init_from = config.train.init_from
+  build = lambda: models.create_model(config, nnx.Rngs(config.train.seed))  # noqa: E731
+  try:
+    if init_from in ("", SCRATCH):
+      return build()
+    if os.path.isdir(init_from):
+      # The folder holds every weight: no initialisation to compute, only shapes.
+      model = nnx.eval_shape(build)
+      checkpoint.load_weights(init_from, model)
+    else:
+      from ssd_jax import convert  # pylint: disable=g-import-not-at-top  (only for weight files)
+      model = convert.model_with(config, convert.converted_weights(config, init_from),
+                                 config.train.seed)
+  except checkpoint.WeightsMismatchError as error:
+    raise ConfigError(f"config.train.init_from={init_from!r}: {error}") from error
+  logging.info("initialised the weights from %s", init_from)
+  return model
+
+
 def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
   """(graphdef, replicated fresh state, tx, schedule) of ``config``'s model and optimiser."""
-  model = models.create_model(config, nnx.Rngs(config.train.seed))
-  if config.train.init_from:
-    checkpoint.load_weights(config.train.init_from, model)
-    logging.info("initialised parameters from %s", config.train.init_from)
+  model = initial_model(config)
   tx, schedule = optimizer.create_optimizer(config)
   graphdef, state = step_lib.create_train_state(model, tx)
   state = jax.device_put(state, parallel.replicated(mesh))
@@ -88,6 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   which runs every ``config.train.eval_every`` steps and at the end; its metrics are logged and
   written to TensorBoard.
   """
+  check_init_from(config)  # a missing backbone file stops here, before anything is built
+
   # Mesh.
   mesh = parallel.create_mesh(config)
   parallel.check_batch_size(config.data.batch_size, mesh)

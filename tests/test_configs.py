@@ -43,3 +43,49 @@ def test_matching_rules_of_the_published_configs():
   rule = lambda name: config_utils.load_config(os.path.join(CONFIG_DIR, name)).matching.rule
   assert rule("ssd300.py") == rule("ssd512.py") == rule("ssd300_coco.py") == "caffe"
   assert rule("ssd300_torchvision_coco.py") == "torchvision"  # parity with its converted weights
+
+
+# What the init_from message must name for each published config (quickstart: nothing needed).
+PRETRAINED = {"ssd300.py": ("IMAGENET1K_FEATURES", "vgg16_reducedfc.pth"),
+              "ssd300_coco.py": ("IMAGENET1K_FEATURES", "vgg16_reducedfc.pth"),
+              "ssd512.py": ("IMAGENET1K_FEATURES", "vgg16_reducedfc.pth"),
+              "ssd300_torchvision_coco.py": ("IMAGENET1K_FEATURES", "ssd300_vgg16"),
+              "ssd300_resnet34.py": ("resnet34 IMAGENET1K_V1",),
+              "ssd300_resnet50.py": ("resnet50 IMAGENET1K_V1",),
+              "ssdlite_mobilenetv2.py": ("mobilenet_v2 IMAGENET1K_V1",)}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_published_configs_need_pretrained_weights_or_scratch(name, tmp_path):
+  # Imported here: train brings TensorFlow, which must load after torch (test_convert.py).
+  from ssd_jax import train  # pylint: disable=g-import-not-at-top
+  variants = ("", "tiny") if name == "quickstart.py" else (None,)
+  for variant in variants:
+    config = config_utils.load_config(os.path.join(CONFIG_DIR, name), variant)
+    if name not in PRETRAINED:
+      train.check_init_from(config)  # random weights are the quickstart's recipe
+      continue
+    with pytest.raises(config_validation.ConfigError) as error:
+      train.check_init_from(config)
+    message = str(error.value)
+    assert "\n" not in message and "--config.train.init_from=FILE" in message
+    assert "--config.train.init_from=scratch" in message
+    for expected in PRETRAINED[name]:
+      assert expected in message
+    config.train.init_from = "scratch"
+    train.check_init_from(config)
+  assert set(PRETRAINED) | {"quickstart.py"} == set(CONFIGS)
+
+
+def test_init_from_must_exist_and_be_weights(ssd300_config, tmp_path):
+  from ssd_jax import train  # pylint: disable=g-import-not-at-top  (see above)
+  config = ssd300_config.copy_and_resolve_references()
+  config.train.init_from = str(tmp_path / "vgg16_reducedfc.pth")
+  with pytest.raises(FileNotFoundError, match="config.train.init_from=.*no such file"):
+    train.check_init_from(config)
+  (tmp_path / "weights.txt").write_text("")
+  config.train.init_from = str(tmp_path / "weights.txt")
+  with pytest.raises(config_validation.ConfigError, match=r"a state_dict file ending in \.pth"):
+    train.check_init_from(config)
+  config.train.init_from = str(tmp_path)  # a folder: a weights checkpoint, read later
+  train.check_init_from(config)

@@ -1,7 +1,9 @@
 """Parity with PyTorch references (runs only where torch and torchvision are installed: the
 ``convert`` extra): torchvision's ssd300_vgg16 converted and run side by side, its anchors and
-input normalisation, VGG16 classifier import, and the parameter counts of our other
-architectures against the same structures built from torchvision modules."""
+input normalisation, the VGG16, ResNet-34/50 and MobileNetV2 classifier imports against
+torchvision's feature maps, and the parameter counts of our other architectures against the same
+structures built from torchvision modules. Every torchvision model is built with weights=None:
+nothing is downloaded."""
 
 import functools
 import os
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import test_convert
 from ssd_jax import boxes, checkpoint, config_utils, convert, models, preprocess, priors
 
 torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra)")
@@ -29,12 +32,12 @@ def load(name: str):
 
 
 def _shapes(model) -> dict:
-  return {"/".join(map(str, p)): v.get_value()
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  """The model's weights (params and BatchNorm statistics) as shape placeholders."""
+  return checkpoint.flat_weights(model)
 
 
 def import_model(config, state_dict) -> models.SSD:
-  """Our model of ``config`` holding the converted ``state_dict``; params it lacks are ones."""
+  """Our model of ``config`` holding the converted ``state_dict``; weights it lacks are ones."""
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
   numpy_state = {k: v.detach().numpy() for k, v in state_dict.items()}
   values = convert.convert_state_dict(numpy_state, _shapes(model), config.model.name)
@@ -163,3 +166,69 @@ def test_ssdlite_and_ssd512_parameter_counts_match_torch_structure():
   extractor = ssd.SSDFeatureExtractorVGG(torchvision.models.vgg16().features, highres=True)
   head = ssd.SSDHead([512, 1024, 512, 256, 256, 256, 256], [4, 6, 6, 6, 6, 4, 4], 21)
   assert our_count(load("ssd512")) == count(extractor, head)
+
+
+def _perturb_batchnorm(net: nn.Module) -> None:
+  """BatchNorm starts at scale 1, bias 0, mean 0, var 1: give every one distinct statistics."""
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.1)
+        module.running_mean.normal_(0, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+
+
+def _shapes_of(state_dict) -> dict[str, tuple]:
+  return {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+def _assert_close(ours, theirs) -> None:
+  """NHWC ours against NCHW torch, relative to the map's magnitude (float32 sums of ~1e3 terms)."""
+  theirs = theirs.permute(0, 2, 3, 1).numpy()
+  scale = float(np.max(np.abs(theirs)))
+  assert scale > 0
+  np.testing.assert_allclose(np.asarray(ours, np.float32) / scale, theirs / scale, atol=1e-5)
+
+
+@pytest.mark.parametrize("config_name, depth", [("ssd300_resnet34", "resnet34"),
+                                                ("ssd300_resnet50", "resnet50")])
+def test_torchvision_resnet_import(config_name, depth):
+  torch.manual_seed(0)
+  net = getattr(torchvision.models, depth)(weights=None).eval()
+  # The CI test's hand-written key table is torchvision's.
+  assert _shapes_of(test_convert.torchvision_resnet(depth).state) == _shapes_of(net.state_dict())
+  _perturb_batchnorm(net)
+  model = import_model(load(config_name), net.state_dict())
+  model.eval()
+  # NVIDIA's SSD300 runs layer3 at stride 1 (strided conv: conv1 in a BasicBlock, conv2 in a
+  # v1.5 Bottleneck); the weights are the same.
+  block = net.layer3[0]
+  (block.conv2 if depth == "resnet50" else block.conv1).stride = (1, 1)
+  block.downsample[0].stride = (1, 1)
+  images = torch.randn(2, 3, 300, 300)
+  with torch.no_grad():
+    x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+    layer3 = net.layer3(net.layer2(net.layer1(x)))
+  assert layer3.shape[-2:] == (38, 38)
+  out = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
+  _assert_close(out.features[0], layer3)
+
+
+def test_torchvision_mobilenet_v2_import():
+  torch.manual_seed(0)
+  assert (_shapes_of(test_convert.torchvision_mobilenet_v2().state)
+          == _shapes_of(torchvision.models.mobilenet_v2(weights=None).state_dict()))
+  # SSDLite's BatchNorm epsilon (1e-3, ours and torchvision's SSDLite) on the same weights.
+  norm = functools.partial(nn.BatchNorm2d, eps=0.001)
+  net = torchvision.models.mobilenet_v2(weights=None, norm_layer=norm).eval()
+  _perturb_batchnorm(net)
+  model = import_model(load("ssdlite_mobilenetv2"), net.state_dict())
+  model.eval()
+  images = torch.randn(2, 3, 320, 320)
+  with torch.no_grad():  # sources: the expansion of features[14] (stride 16), then features[18]
+    expansion = net.features[14].conv[0](net.features[:14](images))
+    last = net.features(images)
+  out = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
+  _assert_close(out.features[0], expansion)
+  _assert_close(out.features[1], last)

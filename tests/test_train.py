@@ -172,8 +172,24 @@ def test_init_from_starts_training_from_converted_weights(data_dir, tmp_path):
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
   result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
                            f"--config={os.path.join(CONFIG_DIR, 'ssd300.py')}",
-                           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path}"],
+                           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path}",
+                           "--config.train.init_from=scratch"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "'voc/2007'" in result.stderr and "tfds build voc/2007" in result.stderr
   assert str(tmp_path) in result.stderr.splitlines()[-1]
+
+
+def test_ssd300_without_backbone_weights_stops_first_naming_the_flag(tmp_path):
+  # No dataset either: the missing weights are reported first, before anything is built.
+  result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
+                           f"--config={os.path.join(CONFIG_DIR, 'ssd300.py')}",
+                           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  last = result.stderr.splitlines()[-1]
+  assert last.startswith("error: ssd300_vgg16 starts from pretrained weights")
+  for text in ("--config.train.init_from=FILE", "IMAGENET1K_FEATURES", "vgg16_reducedfc.pth",
+               "--config.train.init_from=scratch"):
+    assert text in last
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
