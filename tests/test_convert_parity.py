@@ -39,7 +39,7 @@ def _shapes(model) -> dict:
 def import_model(config, state_dict) -> models.SSD:
   """Our model of ``config`` holding the converted ``state_dict``; weights it lacks are ones."""
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
-  numpy_state = {k: v.detach().numpy() for k, v in state_dict.items()}
+  numpy_state = {k: v.detach().numpy() if torch.is_tensor(v) else v for k, v in state_dict.items()}
   values = convert.convert_state_dict(numpy_state, _shapes(model), config.model.name)
   checkpoint.set_weights(model, {k: v if isinstance(v, np.ndarray) else np.ones(v.shape, v.dtype)
                                 for k, v in values.items()})
@@ -215,7 +215,7 @@ def test_torchvision_resnet_import(config_name, depth):
   _assert_close(out.features[0], layer3)
 
 
-def test_torchvision_mobilenet_v2_import():
+def test_torchvision_mobilenet_v2_import(tmp_path):
   torch.manual_seed(0)
   assert (_shapes_of(test_convert.torchvision_mobilenet_v2().state)
           == _shapes_of(torchvision.models.mobilenet_v2(weights=None).state_dict()))
@@ -223,7 +223,9 @@ def test_torchvision_mobilenet_v2_import():
   norm = functools.partial(nn.BatchNorm2d, eps=0.001)
   net = torchvision.models.mobilenet_v2(weights=None, norm_layer=norm).eval()
   _perturb_batchnorm(net)
-  model = import_model(load("ssdlite_mobilenetv2"), net.state_dict())
+  torch.save(net.state_dict(), tmp_path / "mobilenet_v2.pth")  # read back as init_from reads it
+  model = import_model(load("ssdlite_mobilenetv2"),
+                       convert.read_state_dict(str(tmp_path / "mobilenet_v2.pth")))
   model.eval()
   images = torch.randn(2, 3, 320, 320)
   with torch.no_grad():  # sources: the expansion of features[14] (stride 16), then features[18]
