@@ -63,7 +63,7 @@ def test_torchvision_ssd300_vgg16_parity(tmp_path):
       if param.ndim == 1:
         param.add_(0.1 * torch.randn_like(param))
   config = load("ssd300_torchvision_coco")
-  # The whole path: .pth -> orbax checkpoint -> load_params into a fresh model.
+  # The whole path: .pth -> orbax checkpoint -> checkpoint.load_weights into a fresh model.
   torch.save(reference.state_dict(), tmp_path / "ssd300.pth")
   convert.convert_file(config, str(tmp_path / "ssd300.pth"), str(tmp_path / "ckpt"))
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
