@@ -28,7 +28,7 @@ def sibling_config(config_file: str, name: str, arg: str | None = None) -> ml_co
 
 
 def load_config_argument(argument: str) -> ml_collections.ConfigDict:
-  """The config of a ``--config`` value, ``PATH`` or ``PATH:VARIANT`` (as ml_collections reads it)."""
+  """The config of a ``--config`` value: ``PATH`` or ``PATH:VARIANT``, as ml_collections reads it."""
   path, *variant = argument.split(":")
   return load_config(path, *variant)
 

@@ -80,6 +80,9 @@ def score(collector: voc.Collector, config: ml_collections.ConfigDict,
 def evaluate_detector(detector: Detector, config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates ``detector`` and writes the results under ``<workdir>/eval/step_<step>``."""
   source = data.make_source(config, "eval")
+  logging.info("evaluating step %d on %d images%s (the first batch compiles the detector)",
+               detector.step, source.num_examples,
+               " (this process's share)" if source.process_count > 1 else "")
   collector, first = collect(detector, config, source)
   count = collector.num_images
   result = score(collector, config, source)

@@ -146,7 +146,8 @@ def try_saved_model(serve: Callable[[jax.Array], Outputs], exported: jax.export.
   except Exception as error:  # noqa: BLE001 -- optional artifact: any TF-side failure skips it
     shutil.rmtree(path, ignore_errors=True)
     reason = _reason(error)
-    logging.warning("no SavedModel (the jax.export artifact is complete): %s", reason)
+    logging.warning("no SavedModel: the installed TensorFlow could not run the one jax2tf wrote; "
+                    "the jax.export artifact is complete (why: metadata.json saved_model_skipped)")
     return reason
   return None
 

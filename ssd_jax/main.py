@@ -8,6 +8,7 @@ overridden: ``--config.optimizer.learning_rate=2e-3``.
 """
 
 import functools
+import glob
 import logging
 import os
 import sys
@@ -33,20 +34,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietOrbax(logging.Filter):
-  """Drops orbax's per-file INFO chatter (dozens of lines per checkpoint); keeps its warnings."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
-
-
-def _log_to_file(workdir: str) -> None:
-  """Copies the log to ``<workdir>/log.txt`` (process 0 only)."""
-  handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  logging.getLogger().addHandler(handler)
-
-
 def _settle_classes(config) -> None:
   """Class names set on the command line set ``model.num_classes`` too, unless it is also set;
   class names and num_classes must then agree."""
@@ -68,37 +55,49 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from ssd_jax import xla_flags
   xla_flags.apply(_MODE.value)  # the fastest XLA:CPU options, unless XLA_FLAGS sets them
-  from ssd_jax import config_validation
+  from ssd_jax import config_validation, console
   from ssd_jax.config_validation import ConfigError
+  console.setup()
   config = _CONFIG.value
-  _settle_classes(config)
+  with console.native_notices_dropped():  # reading a dataset's class names may start TF
+    _settle_classes(config)
   config_validation.validate(config)
   # Imported here so that --help and config errors do not wait for JAX and TF.
-  import jax
-  from ssd_jax import evaluate, export, parallel, predict, train
+  with console.native_notices_dropped():
+    import jax
+    from ssd_jax import evaluate, export, parallel, predict, progress, train
 
-  logging.getLogger("absl").addFilter(_QuietOrbax())  # orbax logs through absl
   parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
-  workdir = _WORKDIR.value
+  workdir, mode = _WORKDIR.value, _MODE.value
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    _log_to_file(workdir)
+    console.log_to_file(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  logging.info("config:\n%s", config)
+    console.to_file_only(f"config:\n{config}")
+  config_name = [value for name, value in _flag_values(sys.argv, "config") if name == "config"]
+  logging.info("%s", progress.startup_summary(config, mode, config_name[-1] if config_name else "",
+                                              workdir))
   logging.info(xla_flags.summary())
-  if _MODE.value == "train":
+  if mode == "train":
     train.train_and_evaluate(config, workdir, functools.partial(evaluate.periodic, config, workdir))
-  elif _MODE.value == "eval":
+    logging.info("%s", progress.train_summary(workdir))
+  elif mode == "eval":
     evaluate.evaluate_checkpoint(config, workdir, _STEP.value)
-  elif _MODE.value == "export":
+    folders = glob.glob(os.path.join(workdir, "eval", "step_*"))
+    logging.info("evaluation done\n%s", progress.eval_summary(max(folders, key=os.path.getmtime)))
+  elif mode == "export":
     if not _OUTPUT.value:
       raise ConfigError("--mode=export needs --output=DIR")
     export.export_detector(config, workdir, _OUTPUT.value, _STEP.value)
+    logging.info("export done: %s (%s)", _OUTPUT.value,
+                 ", ".join(sorted(os.listdir(_OUTPUT.value))))
   else:
     if not _IMAGES.value or not _OUTPUT.value:
       raise ConfigError("--mode=predict needs --images=PATTERN and --output=DIR")
-    predict.predict(config, workdir, _IMAGES.value, _OUTPUT.value, _STEP.value)
+    written = predict.predict(config, workdir, _IMAGES.value, _OUTPUT.value, _STEP.value)
+    logging.info("prediction done: %d pictures (<name>.png) and detections.jsonl in %s", written,
+                 _OUTPUT.value)
 
 
 def _fail(message: str) -> NoReturn:
@@ -131,7 +130,8 @@ def _check_config_arguments(argv: list[str]) -> None:
   path = files[-1].split(":")[0]
   if not os.path.isfile(path):
     folder = os.path.dirname(path) or "."
-    known = sorted(n for n in os.listdir(folder) if n.endswith(".py")) if os.path.isdir(folder) else []
+    known = sorted(n for n in os.listdir(folder) if n.endswith(".py")) if os.path.isdir(
+        folder) else []
     _fail(f"--config={files[-1]}: no config file {path}"
           + (f" (in {folder}: {', '.join(known)})" if known else
              " (expected an experiment file such as configs/quickstart.py)"))

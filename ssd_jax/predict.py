@@ -69,6 +69,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output
   detector = Detector.restore(config, workdir, step)
   label_names = sources.class_names(config)
   os.makedirs(output, exist_ok=True)
+  logging.info("predicting %d image file(s) (the first batch compiles the detector)", len(paths))
   problems = data.Problems(strict=False)
   threshold = config.predict.score_threshold
   written = 0

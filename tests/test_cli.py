@@ -57,3 +57,12 @@ def test_errors_are_one_line_with_exit_status_2(case, tmp_path):
   if early:  # stopped before JAX, TF or any log line
     assert len(lines) == 1, result.stderr
   assert result.stdout == ""
+
+
+def test_native_notices_are_dropped_and_other_stderr_lines_kept(capfd):
+  from ssd_jax import console
+  with console.native_notices_dropped():
+    os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see...\n"
+                b"something else on stderr\n")
+  captured = capfd.readouterr().err
+  assert "oneDNN" not in captured and "something else on stderr" in captured

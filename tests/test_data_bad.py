@@ -199,3 +199,23 @@ def test_transparent_png_pixels_are_composited_on_white():
   buffer = io.BytesIO()
   Image.fromarray(np.array([[0, 40000]], np.uint16)).save(buffer, "PNG")
   np.testing.assert_array_equal(_decoded(buffer.getvalue())[0, :, 0], [0, 40000 // 256])
+
+
+def test_a_wrong_declared_image_size_is_repaired_and_reported_once(tmp_path, caplog):
+  image = helpers.jpeg_bytes(height=240, width=320)
+  xml = helpers.voc_xml([("cat", (32, 24, 160, 120), False)], width=3200, height=2400)
+  helpers.write_voc(str(tmp_path / "VOCsize"), {"big": (image, xml), "good": (
+      image, helpers.voc_xml(_CAT, width=320, height=240))}, {"all": ["big", "good"]})
+  config = helpers.tiny_config("voc_folder", str(tmp_path), _CLASSES, (("VOCsize", "all"),),
+                               (("VOCsize", "all"),))
+  with caplog.at_level("WARNING"):
+    source = data.make_source(config, "eval", 0, 1)
+  boxes = {e["image_id"]: e["boxes"] for e in data.examples(source).as_numpy_iterator()}
+  np.testing.assert_allclose(boxes[b"big"], [[0.1, 0.1, 0.5, 0.5]], atol=1e-6)  # not 10x smaller
+  reason = "image size in the XML differs from the image's, the image's used"
+  assert source.problems.counts() == {reason: (1, 1)}
+  (message,) = [r.getMessage() for r in caplog.records if reason in r.getMessage()]
+  assert "big.xml" in message and "XML 3200x2400, image 320x240" in message
+  config.data.on_bad_data = "error"
+  with pytest.raises(data.BadDataError, match="big.xml.*differs"):
+    data.make_source(config, "eval", 0, 1)

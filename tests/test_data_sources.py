@@ -293,7 +293,7 @@ def test_short_spellings_of_class_names_and_splits():
   assert data.sources.split_entry(config.data.train_splits[0], "f") == ("boxes", "train")
   assert data.sources.split_entry("voc/2007:train+validation", "f") == ("voc/2007",
                                                                         "train+validation")
-  with pytest.raises(data.sources.ConfigError, match="expected \\(where, which\\) or 'where:which'"):
+  with pytest.raises(data.sources.ConfigError, match=r"expected \(where, which\) or 'where:wh"):
     data.sources.split_entry("boxes", "config.data.train_splits")
   config.data.class_names = (None,)
   config_utils.expand_shorthands(config)

@@ -21,11 +21,26 @@ def run(*flags, cwd=REPO):
   return result.stderr
 
 
+def _check_quiet(log: str) -> None:
+  """No config dump and none of the known-harmless third-party notices on the console."""
+  for noise in ("!!python/tuple", "oneDNN", "Unable to initialize backend", "read only",
+                "read_only", "Assets written", "Traceback"):
+    assert noise not in log, noise
+
+
 def test_train_eval_predict_write_their_outputs(tmp_path):
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
   common = (f"--workdir={workdir}", f"--config.data.data_dir={data_dir}")
   log = run(*common)
   assert "step 8/8" in log and "eval at step 8" in log
+  _check_quiet(log)
+  assert "ssd_jax train:" in log and "7 classes (6 + background)" in log  # start-up summary
+  assert "generating the synthetic dataset" in log and "compiling the train step" in log
+  first_step = [line for line in log.splitlines() if "step 1/8" in line][0]
+  assert "ETA" not in first_step and "img/s" not in first_step  # compilation is no speed
+  closing = log[log.index("training done"):]
+  assert "checkpoints" in closing and "(steps 4, 8)" in closing and "mAP" in closing
+  assert "augment:" not in log and "augment:" in open(os.path.join(workdir, "log.txt")).read()
 
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["name"] == "ssd_tiny"
   assert "step 8/8" in open(os.path.join(workdir, "log.txt")).read()
@@ -39,6 +54,8 @@ def test_train_eval_predict_write_their_outputs(tmp_path):
 
   log = run(*common, "--mode=eval", "--step=4")
   assert "eval at step 4 on 16 images" in log
+  _check_quiet(log)
+  assert "evaluation done" in log and os.path.join("eval", "step_4") in log
   assert os.path.isfile(os.path.join(workdir, "eval", "step_4", "metrics.json"))
 
   images = sorted(glob.glob(os.path.join(data_dir, "shapes-*", "JPEGImages", "test_*.jpg")))[:3]
@@ -48,6 +65,7 @@ def test_train_eval_predict_write_their_outputs(tmp_path):
   log = run(*common, "--mode=predict", f"--images={','.join(images + [str(broken)])}",
             f"--output={output}")
   assert "broken.jpg" in log and "predicted 3 of 4 images" in log
+  assert f"prediction done: 3 pictures (<name>.png) and detections.jsonl in {output}" in log
   lines = [json.loads(line) for line in open(os.path.join(output, "detections.jsonl"))]
   assert [os.path.basename(line["file"]) for line in lines] == [os.path.basename(p) for p in images]
   for line in lines:
@@ -58,7 +76,9 @@ def test_train_eval_predict_write_their_outputs(tmp_path):
     assert Image.open(os.path.join(output, stem + ".png")).size == (64, 64)
 
   exported = str(tmp_path / "export")
-  run(*common, "--mode=export", f"--output={exported}")
+  log = run(*common, "--mode=export", f"--output={exported}")
+  _check_quiet(log)
+  assert f"export done: {exported} (detector.jaxexport, metadata.json" in log
   assert json.load(open(os.path.join(exported, "metadata.json")))["step"] == 8
   assert os.path.getsize(os.path.join(exported, "detector.jaxexport")) > 0
 

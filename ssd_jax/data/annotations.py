@@ -2,7 +2,8 @@
 
 Pixel boxes are converted to xyxy in [0, 1] here, as ``x / width`` and ``y / height`` (Caffe's and
 tfds' convention for VOC, so folder and tfds sources agree). Bad annotations are repaired where that
-is obviously right (a box leaving the image is clipped) and otherwise dropped or skipped, each
+is obviously right (a box leaving the image is clipped; a declared image size that differs from the
+image's own, which the pipeline decodes, is replaced by it) and otherwise dropped or skipped, each
 reported to ``Problems`` with the file it came from. XML is parsed with defusedxml, which refuses
 entity expansion and external references.
 """
@@ -79,6 +80,29 @@ def _image_size(path: str) -> tuple[int, int] | None:
     return None
 
 
+def _true_size(image_path: str, declared: tuple, file: str, kind: str,
+               problems: Problems) -> tuple[float, float] | tuple[None, None]:
+  """(width, height) to divide pixel boxes by: the image's own (from its header), which is what
+  the pipeline decodes. A declared size that differs is repaired and reported for ``file``;
+  without a readable image the declared size is used if positive, else (None, None) (reported).
+  """
+  try:
+    width, height = (float(v) for v in declared)
+  except (TypeError, ValueError):
+    width = height = math.nan
+  header = _image_size(image_path)
+  if header is None:
+    if width > 0 and height > 0:
+      return width, height  # decoding reports the unreadable image
+    problems.report(f"no image size in the {kind} and the image is unreadable, image skipped",
+                    file)
+    return None, None
+  if width > 0 and height > 0 and (width, height) != header:
+    problems.report(f"image size in the {kind} differs from the image's, the image's used", file,
+                    f"{kind} {width:g}x{height:g}, image {header[0]}x{header[1]}: {image_path}")
+  return header
+
+
 def _text(element: ElementTree.Element, tag: str) -> str | None:
   found = element.find(tag)
   return None if found is None or found.text is None else found.text.strip()
@@ -109,14 +133,10 @@ def read_voc_xml(xml_path: str, image_path: str, class_index: dict[str, int],
     problems.report("unreadable or malformed XML, image skipped", xml_path, str(error))
     return None
   size = root.find("size")
-  width, height = _number(size, "width"), _number(size, "height")
-  if not (width > 0 and height > 0):  # Missing or zero in some hand-made files: ask the image.
-    header = _image_size(image_path)
-    if header is None:
-      problems.report("no image size in the XML and the image is unreadable, image skipped",
-                      xml_path)
-      return None
-    width, height = header
+  width, height = _true_size(image_path, (_number(size, "width"), _number(size, "height")),
+                             xml_path, "XML", problems)
+  if width is None:
+    return None
   pixel_boxes, labels, difficult = [], [], []
   for obj in root.findall("object"):
     name = (_text(obj, "name") or "").lower()
@@ -280,13 +300,10 @@ def _coco_record(image: dict, annotations: list[dict], image_dir: str, label_of:
   if not os.path.isfile(path):
     problems.report("image file missing, image skipped", path)
     return None
-  width, height = image.get("width") or 0, image.get("height") or 0
-  if not (width > 0 and height > 0):
-    header = _image_size(path)
-    if header is None:
-      problems.report("no image size in the json and the image is unreadable, image skipped", path)
-      return None
-    width, height = header
+  width, height = _true_size(path, (image.get("width"), image.get("height")), path, "json",
+                             problems)
+  if width is None:
+    return None
   known = [a for a in annotations if a.get("category_id") in label_of]  # others: said once
   pixel_boxes = np.array([_coco_xyxy(a.get("bbox")) for a in known]).reshape(-1, 4)
   boxes, keep = relative_boxes(pixel_boxes, width, height, path, problems)

@@ -79,7 +79,8 @@ def make_source(config: ml_collections.ConfigDict, split: str, process_index: in
   if data.source not in _KINDS:
     raise ConfigError(f"config.data.source must be one of {_KINDS}, got {data.source!r}")
   if data.on_bad_data not in ("skip", "error"):
-    raise ConfigError(f"config.data.on_bad_data must be 'skip' or 'error', got {data.on_bad_data!r}")
+    raise ConfigError(
+        f"config.data.on_bad_data must be 'skip' or 'error', got {data.on_bad_data!r}")
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
   problems = Problems(strict=data.on_bad_data == "error")

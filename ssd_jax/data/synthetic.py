@@ -15,6 +15,7 @@ from xml.sax.saxutils import escape
 
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image, ImageDraw
 
 # Shape -> base colour (RGB); objects vary around it.
@@ -36,6 +37,8 @@ def prepare(config: ml_collections.ConfigDict, class_names: tuple[str, ...], dat
   if os.path.isfile(os.path.join(root, "ImageSets", "Main", "test.txt")):
     return root
   os.makedirs(data_dir, exist_ok=True)
+  logging.info("generating the synthetic dataset (once): %d + %d images of %d px into %s",
+               config.num_train, config.num_test, config.image_size, root)
   staging = tempfile.mkdtemp(prefix=f".{folder}-", dir=data_dir)
   try:
     _write(staging, config, class_names, params)
