@@ -77,7 +77,8 @@ def test_the_readme_gives_a_check_and_an_ssd300_command_per_format():
   check_voc, ssd300_voc, check_coco, ssd300_coco = readme_commands()
   for check, full in ((check_voc, ssd300_voc), (check_coco, ssd300_coco)):
     differ = set(shlex.split(check)) ^ set(shlex.split(full))
-    assert {arg.split("=")[0] for arg in differ} == {"--config", "--workdir"}, differ
+    assert {arg.split("=")[0] for arg in differ} == {"--config", "--workdir",
+                                                    "--config.train.init_from"}, differ
     assert "--config=configs/ssd300.py" in full
 
 
