@@ -2,11 +2,14 @@
 
 The mesh has one axis, ``data``: the batch is split over it and parameters are replicated.
 Multi-host runs call ``jax.distributed.initialize()`` first; each process then feeds its own
-slice of the global batch, which ``global_batch`` assembles into global arrays.
+slice of the global batch, which ``global_batch`` assembles into global arrays, and
+``device_batches`` puts the next ones on the devices while the current step runs.
 """
 
+import collections
 import logging
 import os
+from typing import Iterable, Iterator
 
 import jax
 import ml_collections
@@ -63,3 +66,26 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   sharding = batch_sharded(mesh)
   return {key: jax.make_array_from_process_local_data(sharding, value)
           for key, value in local_batch.items()}
+
+
+def device_batches(local_batches: Iterable[dict[str, np.ndarray]], mesh: Mesh,
+                   size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """``global_batch`` of each of ``local_batches``, in order, ``size`` of them on the devices at once.
+
+  A host-to-device copy is asynchronous, so the copies of the next ``size - 1`` batches run while
+  the step on the current one computes (the pattern of ``flax.jax_utils.prefetch_to_device``, for
+  global arrays). ``size`` 1 puts each batch only when it is asked for.
+  """
+  if size < 1:
+    raise ValueError(f"device prefetch size {size}: expected 1 or more")
+  local_batches = iter(local_batches)
+  queue: collections.deque = collections.deque()
+  while True:
+    while len(queue) < size:
+      batch = next(local_batches, None)
+      if batch is None:
+        break
+      queue.append(global_batch(batch, mesh))
+    if not queue:
+      return
+    yield queue.popleft()

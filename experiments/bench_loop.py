@@ -1,0 +1,161 @@
+"""Benchmark: the training loop's images/s over the bare jitted step's, and checkpoint blocking.
+
+For the quickstart model (``configs/quickstart.py``, batch 32, 128 px), in one process:
+- **bare**: the jitted train step alone, on batches of the same input pipeline placed on the
+  device beforehand, dispatched back to back and waited for once at the end;
+- **loop**: ``train.train_and_evaluate`` itself, with the real tf.data pipeline, its progress
+  lines and TensorBoard scalars (every ``log_every_seconds``) and a checkpoint every
+  ``--checkpoint_every`` steps, no evaluation. It is timed between the moments the loop takes
+  batch ``--warmup`` and batch ``--warmup + --steps`` from the pipeline, so compilation, restore
+  and the final save are outside the window and the window holds ``steps / checkpoint_every``
+  checkpoints;
+- **loop, cached input** (``--cached``): the same loop fed from batches already in memory, which
+  separates the loop's own overhead from the input pipeline's use of the same CPU cores;
+- **save blocking**: the wall seconds each checkpoint save holds the loop (the call to
+  ``checkpoint.save``, including any wait for the previous save).
+
+Each repeat runs bare, then the loop variants, then bare again; ratios use the mean of the two bare
+figures. The CPU of the development VM is shared, so run at least twice and read the medians.
+
+Run: python experiments/bench_loop.py [--steps 400] [--checkpoint_every 200] [--repeats 2]
+"""
+
+import argparse
+import contextlib
+import itertools
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from ssd_jax import checkpoint, config_utils, data, parallel, train
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+import test_train_step as fixtures  # noqa: E402  (the tests' step factory)
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def quickstart_config(variant: str, data_dir: str, num_steps: int,
+                      checkpoint_every: int) -> ml_collections.ConfigDict:
+  config = config_utils.load_config(os.path.join(CONFIGS, "quickstart.py"), variant)
+  config.data.data_dir = os.path.abspath(data_dir)
+  config.train.num_steps = num_steps
+  config.train.checkpoint_every = checkpoint_every
+  return config
+
+
+def bare_images_per_second(config, steps: int, distinct: int = 8) -> float:
+  """Images/s of the jitted step on ``distinct`` pipeline batches (cycled) already on the device."""
+  mesh, state, step = fixtures.make_step(config)
+  batches = [parallel.global_batch(batch, mesh)
+             for batch in itertools.islice(data.train_iterator(config), distinct)]
+  for batch in batches[:2]:  # compilation
+    state, _ = step(state, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i in range(steps):
+    state, _ = step(state, batches[i % distinct])
+  jax.block_until_ready(state)
+  return steps * config.data.batch_size / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _instrumented(cached: list | None):
+  """Records when the loop takes each batch and how long each checkpoint save blocks it."""
+  taken, saves = [], []
+  real_iterator, real_save = data.train_iterator, checkpoint.save
+
+  def iterator(config, start_step=0, source=None):
+    source_batches = itertools.cycle(cached) if cached else real_iterator(config, start_step, source)
+    for batch in source_batches:
+      taken.append(time.perf_counter())
+      yield batch
+
+  def save(*args, **kwargs):
+    start = time.perf_counter()
+    result = real_save(*args, **kwargs)
+    saves.append(time.perf_counter() - start)
+    return result
+
+  data.train_iterator, checkpoint.save = iterator, save
+  try:
+    yield taken, saves
+  finally:
+    data.train_iterator, checkpoint.save = real_iterator, real_save
+
+
+def loop_figures(config, warmup: int, steps: int, cached: list | None = None,
+                 workdir: str | None = None) -> tuple[float, list[float]]:
+  """(images/s of the loop between batches ``warmup`` and ``warmup + steps``, seconds each save
+  blocked the loop). ``workdir`` (default: a temporary one) keeps the run's checkpoints."""
+  with contextlib.ExitStack() as stack:
+    if workdir is None:
+      workdir = stack.enter_context(tempfile.TemporaryDirectory())
+    taken, saves = stack.enter_context(_instrumented(cached))
+    handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+    logging.getLogger().addHandler(handler)
+    try:
+      train.train_and_evaluate(config, workdir)
+    finally:
+      logging.getLogger().removeHandler(handler)
+  seconds = taken[warmup + steps] - taken[warmup]
+  return steps * config.data.batch_size / seconds, saves
+
+
+def quiet_logging() -> None:
+  """Progress lines go to the workdir's log.txt only, not to the benchmark's output."""
+  root = logging.getLogger()
+  for handler in root.handlers:
+    handler.setLevel(logging.WARNING)
+  root.setLevel(logging.INFO)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=400, help="steps in the timed window")
+  parser.add_argument("--checkpoint_every", type=int, default=200)
+  parser.add_argument("--warmup", type=int, default=10, help="loop steps before the window")
+  parser.add_argument("--tail", type=int, default=10, help="loop steps after the window")
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--cached", action="store_true",
+                      help="also time the loop fed from batches in memory")
+  parser.add_argument("--variant", default="", help="quickstart variant ('tiny' for smoke runs)")
+  parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "data"))
+  args = parser.parse_args()
+  quiet_logging()
+  config = quickstart_config(args.variant, args.data_dir, args.warmup + args.steps + args.tail,
+                             args.checkpoint_every)
+  print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
+        f"{jax.devices()[0].device_kind}; load average {os.getloadavg()}")
+  print(f"quickstart{':' + args.variant if args.variant else ''}, batch {config.data.batch_size}, "
+        f"window {args.steps} steps, checkpoint every {args.checkpoint_every}")
+  cached = None
+  if args.cached:
+    cached = list(itertools.islice(data.train_iterator(config), 8))
+  rows = []
+  for repeat in range(args.repeats):
+    bare_before = bare_images_per_second(config, args.steps)
+    loop, saves = loop_figures(config, args.warmup, args.steps)
+    cached_loop = loop_figures(config, args.warmup, args.steps, cached)[0] if cached else float("nan")
+    bare = (bare_before + bare_images_per_second(config, args.steps)) / 2
+    rows.append((bare, loop, loop / bare, cached_loop / bare, float(np.median(saves[:-1] or saves)),
+                 saves[-1]))
+    print(f"repeat {repeat}: bare {bare:.1f} img/s, loop {loop:.1f} img/s, loop/bare "
+          f"{loop / bare:.3f}, cached-input loop/bare {cached_loop / bare:.3f}; save blocks "
+          f"{', '.join(f'{s * 1e3:.0f}' for s in saves)} ms (last: the final save); "
+          f"load {os.getloadavg()[0]:.2f}")
+  median = np.median(np.array(rows), axis=0)
+  print(f"median of {args.repeats}: bare {median[0]:.1f} img/s, loop {median[1]:.1f} img/s, "
+        f"loop/bare {median[2]:.3f}, cached-input loop/bare {median[3]:.3f}, a periodic save "
+        f"blocks {median[4] * 1e3:.0f} ms, the final save {median[5] * 1e3:.0f} ms")
+
+
+if __name__ == "__main__":
+  main()
