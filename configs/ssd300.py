@@ -57,6 +57,7 @@ def _data_config(variant: str) -> ml_collections.ConfigDict:
   data.seed = 0
   data.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE
   data.prefetch = 2  # batches
+  data.device_prefetch = 2  # global batches on the devices at once (the next copied during a step)
   data.on_bad_data = "skip"  # "skip": repair or skip bad images and boxes with a warning; "error"
   data.synthetic = ml_collections.ConfigDict()  # for source "synthetic"; class_names are shapes
   data.synthetic.image_size = 128
@@ -186,6 +187,11 @@ def get_config(variant: str = "voc") -> ml_collections.ConfigDict:
   config.train.eval_every = 10_000
   config.train.log_every_seconds = 30.0
   config.train.skip_nonfinite = False  # True: drop non-finite updates instead of stopping
+  # Steps the host may dispatch beyond the last finished one (0: it waits for each step). The
+  # device then never waits for the host between steps; a larger lead only holds more batches.
+  config.train.dispatch_ahead = 1
+  # (start, stop): a jax.profiler trace of steps start+1..stop in <workdir>/profile; () off.
+  config.train.profile_steps = ()
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data_devices = -1  # devices on the data axis; -1: all

@@ -9,6 +9,10 @@ is a pure function of (seed, step), so the step is the data position. Orbax writ
 to a temporary folder and renames it when complete, so a process killed at any moment leaves only
 complete checkpoints behind (and a temporary folder that the next manager cleans up).
 
+Saves are asynchronous (orbax's own): ``save`` returns once the state has been copied off the
+devices and the files are written by a background thread; the manager waits for a save before
+it starts the next one, and ``manager.wait_until_finished()`` (or ``close()``) waits for the last.
+
 A weights checkpoint (``save_weights`` / ``load_weights``: what ``python -m ssd_jax.convert``
 writes and ``config.train.init_from`` reads) is one folder holding only a model's parameters and
 BatchNorm statistics, as a nested dict keyed by their nnx paths.
@@ -46,34 +50,33 @@ def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.Chec
                             "(--mode=train with the same --workdir)")
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          cleanup_tmp_directories=not read_only,
-                                         read_only=read_only)
+                                         read_only=read_only, enable_async_checkpointing=True)
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
-class BestKeeper:
-  """Keeps the checkpoint with the best evaluation metric in ``<workdir>/best``.
+def create_best_manager(workdir: str) -> ocp.CheckpointManager:
+  """A manager over ``<workdir>/best`` that keeps the one checkpoint with the highest metric.
 
-  The metric is "mAP" (VOC) or "AP" (COCO); the best value so far is read back from the saved
-  meta, so a resumed run does not replace a better checkpoint of its earlier life. Its
-  checkpoint has the items of those in ``<workdir>/checkpoints`` (``save``).
+  Orbax's best-N preservation ranks every checkpoint in the folder by the metric saved with it,
+  those of earlier runs in the same workdir included, and deletes the others once a save is
+  complete: a resumed run never replaces a better checkpoint of its earlier life (on a tie the
+  later one is kept). Its checkpoints have the items of those in ``<workdir>/checkpoints``.
   """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, best_fn=lambda metrics: metrics["metric"], best_mode="max",
+      keep_checkpoints_without_metrics=False, create=True, cleanup_tmp_directories=True,
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "best"), options=options,
+                               item_names=ITEMS)
 
-  def __init__(self, workdir: str):
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "best"),
-                                         options=options, item_names=ITEMS)
-    step = self.manager.latest_step()
-    self.best = (-float("inf") if step is None else
-                 self.manager.restore(step, args=ocp.args.Composite(
-                     **{META: ocp.args.JsonRestore()}))[META]["metric"])
 
-  def consider(self, state: Any, summary: dict[str, float], meta: dict[str, Any]) -> None:
-    """Saves ``state`` when its metric beats the best so far."""
-    value = summary.get("mAP", summary.get("AP"))
-    if value is None or value <= self.best:
-      return
-    self.best = value
-    save(self.manager, state, {**meta, "metric": value})
+def save_if_best(manager: ocp.CheckpointManager, state: Any, summary: dict[str, float],
+                 meta: dict[str, Any]) -> None:
+  """Offers ``state`` to a ``create_best_manager`` manager, ranked by the evaluation metric
+  ("mAP" for VOC, "AP" for COCO; nothing is saved without one)."""
+  value = summary.get("mAP", summary.get("AP"))
+  if value is not None:
+    save(manager, state, {**meta, "metric": value}, metrics={"metric": float(value)})
 
 
 def model_variables(state: Any) -> dict[str, Any]:
@@ -92,12 +95,14 @@ def save_args(state: Any, meta: dict[str, Any]) -> ocp.args.Composite:
                                META: ocp.args.JsonSave(meta)})
 
 
-def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any]) -> None:
-  """Saves ``state`` at its step and waits until it is on disk."""
+def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any],
+         metrics: dict[str, float] | None = None) -> None:
+  """Starts saving ``state`` at its step; returns once it is copied off the devices (so the next
+  step may reuse their buffers) and the previous save is complete. The files are written in the
+  background: ``manager.wait_until_finished()`` before reading them or exiting."""
   step = int(jax.device_get(state.step))
-  manager.save(step, args=save_args(state, meta), force=True)
-  manager.wait_until_finished()
-  logging.info("saved checkpoint at step %d in %s", step, manager.directory)
+  manager.save(step, args=save_args(state, meta), metrics=metrics, force=True)
+  logging.info("saving checkpoint at step %d in %s", step, manager.directory)
 
 
 def _step_to_restore(manager: ocp.CheckpointManager, step: int | None) -> int | None:

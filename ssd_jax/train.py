@@ -4,8 +4,15 @@ Sections: mesh, input, model and optimiser (built once into a frozen ``Bundle`` 
 the periodic evaluation share), restore, loop. The loop resumes from the latest
 checkpoint in ``workdir``, saves every ``config.train.checkpoint_every`` steps and at the end,
 saves and returns on SIGTERM (preemption), and stops on a non-finite loss without saving it.
+
+The host never waits for the device except where it must: it dispatches up to
+``config.train.dispatch_ahead`` steps beyond the last finished one, and reads values only to log,
+checkpoint, evaluate or stop. Whether every step was finite is accumulated on the device
+(``_track``) and read before each of those, so a non-finite step is caught before any checkpoint
+or evaluation could see it. Checkpoints are written in the background (``checkpoint.save``).
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -14,6 +21,7 @@ import threading
 from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -45,12 +53,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls between steps (main thread only)."""
+  """SIGTERM -> the loop saves at a step and returns (the command then exits 0).
 
-  def __init__(self):
-    self.requested = threading.Event()
-    self.previous = None
-    if threading.current_thread() is threading.main_thread():
+  One process: a Python SIGTERM handler sets a flag the loop polls between steps (main thread
+  only). Several processes: JAX's preemption service, started by ``jax.distributed.initialize``,
+  catches SIGTERM itself, and orbax's ``manager.reached_preemption(step)`` (JAX's preemption sync
+  point) makes every process stop at the same step; a Python handler there would replace JAX's.
+  """
+
+  def __init__(self, manager):
+    self.manager, self.requested, self.previous = manager, threading.Event(), None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self.previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
 
   def close(self) -> None:
@@ -59,14 +72,68 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self.previous)
 
   def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:  # every process must stop at the same step
-      from jax.experimental import multihost_utils
-      return self.requested.is_set() or multihost_utils.reached_preemption_sync_point(step)
+    """Every process calls this after every step, in the same order."""
+    if jax.process_count() > 1:
+      return self.manager.reached_preemption(step)
     return self.requested.is_set()
 
 
-def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
-  return {name: float(value) for name, value in jax.device_get(metrics).items()}
+class _Profiler:
+  """A ``jax.profiler`` trace of steps start+1..stop (``config.train.profile_steps``) in
+  ``<workdir>/plugins/profile``, where TensorBoard's profile tab finds it, plus a Perfetto trace."""
+
+  def __init__(self, steps: tuple, workdir: str):
+    steps = tuple(steps)
+    if steps and not (len(steps) == 2 and all(isinstance(s, int) for s in steps)
+                      and 0 <= steps[0] < steps[1]):
+      raise ConfigError(f"config.train.profile_steps={steps}: expected () or (start, stop) with "
+                        "0 <= start < stop")
+    self.start, self.stop = steps or (-1, -1)
+    self.workdir, self.active = workdir, False
+
+  def before_step(self, step: int) -> None:
+    """Starts the trace before step ``step + 1`` when it is in the profiled range."""
+    if not self.active and self.start <= step < self.stop:
+      jax.profiler.start_trace(self.workdir, create_perfetto_trace=True)
+      self.active = True
+
+  def after_step(self, step: int, state: step_lib.TrainState) -> None:
+    """Stops the trace once step ``stop`` has been computed (not only dispatched)."""
+    if self.active and step >= self.stop:
+      self.close(state)
+
+  def close(self, state: step_lib.TrainState) -> None:
+    if self.active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("profile of steps %d..%d written to %s", self.start + 1, self.stop,
+                   os.path.join(self.workdir, "plugins", "profile"))
+
+
+Health = dict[str, jax.Array]
+
+
+def _fresh_health(mesh) -> Health:
+  """No step seen yet: ``first_bad`` 0 (no non-finite step), its loss, the non-finite count."""
+  zeros = {"first_bad": jnp.zeros((), jnp.int32), "bad_loss": jnp.zeros((), jnp.float32),
+           "nonfinite": jnp.zeros((), jnp.int32)}
+  return jax.device_put(zeros, parallel.replicated(mesh))
+
+
+@jax.jit
+def _track(health: Health, metrics: dict[str, jax.Array], step: jax.Array) -> Health:
+  """Folds step ``step``'s finite flag into ``health``, on the device (no host sync)."""
+  bad = ~metrics["finite"]
+  first = bad & (health["first_bad"] == 0)
+  return {"first_bad": jnp.where(first, step, health["first_bad"]),
+          "bad_loss": jnp.where(first, metrics["loss"].astype(jnp.float32), health["bad_loss"]),
+          "nonfinite": health["nonfinite"] + bad.astype(jnp.int32)}
+
+
+def _host(tree) -> dict:
+  """One device-to-host copy of a dict of scalars (waits for the steps that made them)."""
+  return {name: value.item() for name, value in jax.device_get(tree).items()}
 
 
 SCRATCH = "scratch"  # config.train.init_from: random weights, asked for explicitly
@@ -147,6 +214,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Mesh.
   mesh = parallel.create_mesh(config)
   parallel.check_batch_size(config.data.batch_size, mesh)
+  profiler = _Profiler(config.train.profile_steps, workdir)
+  if config.train.dispatch_ahead < 0:
+    raise ConfigError(f"config.train.dispatch_ahead={config.train.dispatch_ahead}: expected 0 or "
+                      "more steps")
 
   # Input: the source first, so that a missing dataset is reported before any model is built.
   source = data.make_source(config, "train")
@@ -164,7 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(jax.device_get(state.step))
   total_steps = config.train.num_steps
 
-  batches: Iterator[dict[str, np.ndarray]] = data.train_iterator(config, start_step, source)
+  batches: Iterator[step_lib.Batch] = parallel.device_batches(
+      data.train_iterator(config, start_step, source), mesh, config.data.device_prefetch)
 
   step_fn = step_lib.jit_train_step(mesh, state, graphdef=bundle.graphdef, tx=bundle.tx,
                                     schedule=bundle.schedule, priors=bundle.priors,
@@ -172,37 +244,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluate = make_evaluate(bundle) if make_evaluate is not None else None
   report = progress.Progress(workdir, total_steps, config.data.batch_size,
                              config.train.log_every_seconds, start_step)
-  preemption = _Preemption()
-  best = checkpoint.BestKeeper(workdir)
+  preemption = _Preemption(manager)
+  best = checkpoint.create_best_manager(workdir)
   meta = lambda step: {"step": step, "examples_seen": step * config.data.batch_size}
 
-  # Loop.
-  step = start_step
-  while step < total_steps:
-    batch = parallel.global_batch(next(batches), mesh)
-    state, metrics = step_fn(state, batch)
-    step += 1
-    # One host sync per step: a non-finite step must be caught before any checkpoint saves it.
-    # The input pipeline keeps prefetching in its own threads meanwhile.
-    host = _host_metrics(metrics)
-    if not host["finite"]:
+  def check(health: dict[str, float]) -> None:
+    """Stops the run at its first non-finite step, unless those updates were skipped."""
+    if health["first_bad"] and not config.train.skip_nonfinite:
+      manager.wait_until_finished()  # the last good checkpoint is complete before we name it
       raise NonFiniteLossError(
-          f"non-finite loss or gradients at step {step} (loss {host['loss']}); nothing was saved "
-          f"for it. Last good checkpoint: step {manager.latest_step()} in {manager.directory}. "
-          "Lower config.optimizer.learning_rate, or set config.train.skip_nonfinite=True.")
-    if report.due() or step == total_steps:
-      report.report(step, host)
-    if step % config.train.checkpoint_every == 0 or step == total_steps:
-      checkpoint.save(manager, state, meta(step))
-    if evaluate is not None and (step % config.train.eval_every == 0 or step == total_steps):
-      summary = evaluate(state, step)
-      report.write(step, summary, prefix="eval")
-      best.consider(state, summary, meta(step))
-    if preemption.reached(step):
-      logging.warning("SIGTERM: saving step %d and stopping; run again to resume", step)
-      checkpoint.save(manager, state, meta(step))
-      break
-  preemption.close()
-  manager.close()
-  best.manager.close()
+          f"non-finite loss or gradients at step {health['first_bad']} (loss "
+          f"{health['bad_loss']}); nothing was saved for it or after it. Last good checkpoint: "
+          f"step {manager.latest_step()} in {manager.directory}. Lower "
+          "config.optimizer.learning_rate, or set config.train.skip_nonfinite=True.")
+
+  # Loop.
+  step, health, skipped = start_step, _fresh_health(mesh), 0
+  in_flight: collections.deque = collections.deque()  # finite flags of unfinished steps
+  try:
+    while step < total_steps:
+      profiler.before_step(step)
+      state, metrics = step_fn(state, next(batches))
+      step += 1
+      health = _track(health, metrics, state.step)
+      in_flight.append(metrics["finite"])
+      if len(in_flight) > config.train.dispatch_ahead:  # bounds the host's lead over the device
+        in_flight.popleft().block_until_ready()
+      profiler.after_step(step, state)
+      last = step == total_steps
+      log = report.due() or last
+      save = step % config.train.checkpoint_every == 0 or last
+      run_eval = evaluate is not None and (step % config.train.eval_every == 0 or last)
+      preempted = preemption.reached(step)
+      if not (log or save or run_eval or preempted):
+        continue
+      # The only reads of the device: they wait for this step, so they see every step so far.
+      host = _host({**metrics, **health})
+      check(host)
+      if host["nonfinite"] > skipped:
+        logging.warning("%d non-finite updates skipped so far (first at step %d)",
+                        host["nonfinite"], host["first_bad"])
+        skipped = host["nonfinite"]
+      if log:
+        report.report(step, host)
+      if save or preempted:
+        checkpoint.save(manager, state, meta(step))
+      if run_eval:
+        summary = evaluate(state, step)  # the state in memory: no checkpoint is read
+        report.write(step, summary, prefix="eval")
+        checkpoint.save_if_best(best, state, summary, meta(step))
+      if preempted:
+        logging.warning("SIGTERM: saving step %d and stopping; run again to resume", step)
+        break
+  finally:
+    profiler.close(state)
+    preemption.close()
+    manager.close()  # waits for the last save
+    best.close()
   return state

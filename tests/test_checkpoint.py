@@ -92,15 +92,15 @@ def test_a_missing_step_names_the_available_ones(config, fresh_state, tmp_path):
 
 
 def test_the_best_checkpoint_has_the_same_items(fresh_state, tmp_path):
-  keeper = checkpoint.BestKeeper(str(tmp_path))
+  manager = checkpoint.create_best_manager(str(tmp_path))
   best = random_state(fresh_state, step=5)
-  keeper.consider(best, {"mAP": 0.5}, {"step": 5})
-  keeper.consider(random_state(fresh_state, step=6), {"mAP": 0.4}, {"step": 6})  # worse: kept out
-  keeper.manager.close()
-  reopened = checkpoint.BestKeeper(str(tmp_path))
-  assert reopened.best == 0.5
-  variables, step = checkpoint.restore_variables(reopened.manager,
-                                                 checkpoint.model_variables(fresh_state))
-  reopened.manager.close()
+  checkpoint.save_if_best(manager, best, {"mAP": 0.5}, {"step": 5})
+  checkpoint.save_if_best(manager, random_state(fresh_state, step=6), {"mAP": 0.4},
+                          {"step": 6})  # worse: removed once written
+  manager.close()
+  reopened = checkpoint.create_best_manager(str(tmp_path))
+  assert list(reopened.all_steps()) == [5]
+  variables, step = checkpoint.restore_variables(reopened, checkpoint.model_variables(fresh_state))
+  reopened.close()
   assert step == 5
   assert_same(checkpoint.model_variables(best), variables)

@@ -67,6 +67,67 @@ def test_nonfinite_loss_stops_without_saving_it(data_dir, tmp_path):
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(restored[0].params)))
 
 
+def _poison(monkeypatch, bad_steps):
+  """Makes the images of training steps ``bad_steps`` (1-based) NaN: a non-finite loss there."""
+  real = train.data.train_iterator
+
+  def iterator(config, start_step=0, source=None):
+    for step, batch in enumerate(real(config, start_step, source), start=start_step + 1):
+      yield dict(batch, image=np.full_like(batch["image"], np.nan)) if step in bad_steps else batch
+  monkeypatch.setattr(train.data, "train_iterator", iterator)
+
+
+def _restore_latest(config, workdir):
+  manager = train.checkpoint.create_manager(str(workdir), 3, read_only=True)
+  mesh = train.parallel.create_mesh(config)
+  state, meta = train.checkpoint.restore(manager, train.abstract_train_state(config, mesh))
+  manager.close()
+  return state, meta
+
+
+def test_nonfinite_step_between_logs_is_caught_before_the_next_checkpoint(data_dir, tmp_path,
+                                                                         monkeypatch):
+  _poison(monkeypatch, {7})  # no log line is due at step 7 (nor at 5 and 6)
+  config = tiny_config(data_dir, num_steps=8, checkpoint_every=4, log_every_seconds=1e9)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"at step 7 \(loss nan\).*Last good checkpoint: step 4 in "):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint_steps(tmp_path) == [4], "step 8 followed a non-finite step: never saved"
+  state, meta = _restore_latest(config, tmp_path)
+  assert int(state.step) == meta["step"] == 4
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_skip_nonfinite_drops_the_bad_update_and_trains_on(data_dir, tmp_path, monkeypatch):
+  _poison(monkeypatch, {3})
+  config = tiny_config(data_dir, num_steps=4, checkpoint_every=4, skip_nonfinite=True)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4 and checkpoint_steps(tmp_path) == [4]
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_best_checkpoint_is_never_replaced_by_a_worse_one_of_a_resumed_run(tmp_path):
+  import flax
+  from ssd_jax import checkpoint
+
+  @flax.struct.dataclass
+  class State:
+    step: jax.Array
+    weights: jax.Array
+
+  def offer(step, summary):
+    manager = checkpoint.create_best_manager(str(tmp_path))  # a new run in the same workdir
+    checkpoint.save_if_best(manager, State(np.int32(step), np.full(3, step, np.float32)), summary,
+                            {"step": step})
+    manager.close()
+    return sorted(checkpoint.create_best_manager(str(tmp_path)).all_steps())
+
+  assert offer(4, {"mAP": 0.5}) == [4]
+  assert offer(8, {"mAP": 0.3}) == [4], "a worse later checkpoint is not kept"
+  assert offer(12, {"loss": 1.0}) == [4], "no metric, nothing saved"
+  assert offer(16, {"AP": 0.7}) == [16]
+
+
 def _wait_for_checkpoint(process, workdir, timeout=120):
   deadline = time.monotonic() + timeout
   while not checkpoint_steps(workdir):
@@ -109,6 +170,34 @@ def test_kill_at_random_points_never_leaves_a_broken_checkpoint(data_dir, tmp_pa
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"restored checkpoint at step {before}" in result.stderr
   assert checkpoint_steps(workdir)[-1] == before + 2
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint_restorable(data_dir,
+                                                                               tmp_path):
+  workdir, folder = str(tmp_path), os.path.join(str(tmp_path), "checkpoints")
+  flags = ("--config.train.num_steps=100000", "--config.train.checkpoint_every=1")
+  unfinished = []
+  for _ in range(5):  # until a kill lands while orbax's background thread writes a checkpoint
+    process = subprocess.Popen(command(workdir, data_dir, *flags), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_checkpoint(process, workdir)
+    deadline = time.monotonic() + 60
+    while not any("orbax-checkpoint-tmp" in name for name in os.listdir(folder)):
+      assert time.monotonic() < deadline, "no save in progress seen"
+      time.sleep(0.001)
+    process.kill()
+    process.communicate()
+    unfinished = [name for name in os.listdir(folder) if "orbax-checkpoint-tmp" in name]
+    if unfinished:
+      break
+  assert unfinished, "every kill came after the save had completed"
+  complete = checkpoint_steps(workdir)
+  assert int(unfinished[0].split(".")[0]) > complete[-1]
+  config = tiny_config(data_dir)
+  state, meta = _restore_latest(config, workdir)
+  assert int(state.step) == meta["step"] == complete[-1]
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -193,3 +282,21 @@ def test_ssd300_without_backbone_weights_stops_first_naming_the_flag(tmp_path):
                "--config.train.init_from=scratch"):
     assert text in last
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_profile_steps_write_a_trace_of_those_steps(data_dir, tmp_path):
+  import glob, gzip, json
+  train.train_and_evaluate(tiny_config(data_dir, num_steps=4, checkpoint_every=4,
+                                       profile_steps=(1, 3)), str(tmp_path))
+  runs = glob.glob(str(tmp_path / "plugins" / "profile" / "*"))
+  assert len(runs) == 1, "one trace, where `tensorboard --logdir WORKDIR` looks for it"
+  assert glob.glob(os.path.join(runs[0], "*.xplane.pb"))
+  with gzip.open(glob.glob(os.path.join(runs[0], "*perfetto_trace.json.gz"))[0]) as f:
+    events = json.load(f)["traceEvents"]
+  names = {event.get("name", "") for event in events}
+  assert any("train_step" in name for name in names), sorted(names)[:50]
+
+
+def test_bad_profile_steps_are_named(data_dir, tmp_path):
+  with pytest.raises(train.ConfigError, match=r"config.train.profile_steps=\(3, 1\): expected"):
+    train.train_and_evaluate(tiny_config(data_dir, profile_steps=(3, 1)), str(tmp_path))
