@@ -126,16 +126,21 @@ def main():
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--cached", action="store_true",
                       help="also time the loop fed from batches in memory")
+  parser.add_argument("--dispatch_ahead", type=int, default=None,
+                      help="config.train.dispatch_ahead (default: the config's)")
   parser.add_argument("--variant", default="", help="quickstart variant ('tiny' for smoke runs)")
   parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "data"))
   args = parser.parse_args()
   quiet_logging()
   config = quickstart_config(args.variant, args.data_dir, args.warmup + args.steps + args.tail,
                              args.checkpoint_every)
+  if args.dispatch_ahead is not None:
+    config.train.dispatch_ahead = args.dispatch_ahead
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
         f"{jax.devices()[0].device_kind}; load average {os.getloadavg()}")
   print(f"quickstart{':' + args.variant if args.variant else ''}, batch {config.data.batch_size}, "
-        f"window {args.steps} steps, checkpoint every {args.checkpoint_every}")
+        f"window {args.steps} steps, checkpoint every {args.checkpoint_every}, dispatch ahead "
+        f"{config.train.get('dispatch_ahead', 'none (the loop syncs every step)')}")
   cached = None
   if args.cached:
     cached = list(itertools.islice(data.train_iterator(config), 8))
@@ -143,7 +148,8 @@ def main():
   for repeat in range(args.repeats):
     bare_before = bare_images_per_second(config, args.steps)
     loop, saves = loop_figures(config, args.warmup, args.steps)
-    cached_loop = loop_figures(config, args.warmup, args.steps, cached)[0] if cached else float("nan")
+    cached_loop = (loop_figures(config, args.warmup, args.steps, cached)[0] if cached
+                   else float("nan"))
     bare = (bare_before + bare_images_per_second(config, args.steps)) / 2
     rows.append((bare, loop, loop / bare, cached_loop / bare, float(np.median(saves[:-1] or saves)),
                  saves[-1]))

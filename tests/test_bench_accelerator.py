@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_small_accelerator_benchmark_records_every_figure(tmp_path):
-  env = dict(os.environ, SSD_JAX_BENCH_INSTALL="0", PYTHONPATH=REPO)
+  env = dict(os.environ, SSD_JAX_BENCH_INSTALL="0", PYTHON=sys.executable, PYTHONPATH=REPO)
   result = subprocess.run(["bash", os.path.join(REPO, "experiments", "bench_accelerator.sh"),
                            "--small", f"--output={tmp_path}"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
