@@ -34,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssd_jax import checkpoint, config_utils, data, parallel, train
+from ssd_jax import checkpoint, config_utils, data, parallel, train, xla_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import test_train_step as fixtures  # noqa: E402  (the tests' step factory)
@@ -131,6 +131,7 @@ def main():
   parser.add_argument("--variant", default="", help="quickstart variant ('tiny' for smoke runs)")
   parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "data"))
   args = parser.parse_args()
+  xla_flags.apply("train")  # before JAX starts (XLA reads XLA_FLAGS once)
   quiet_logging()
   config = quickstart_config(args.variant, args.data_dir, args.warmup + args.steps + args.tail,
                              args.checkpoint_every)
