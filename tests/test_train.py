@@ -79,8 +79,8 @@ def _poison(monkeypatch, bad_steps):
 
 def _restore_latest(config, workdir):
   manager = train.checkpoint.create_manager(str(workdir), 3, read_only=True)
-  mesh = train.parallel.create_mesh(config)
-  state, meta = train.checkpoint.restore(manager, train.abstract_train_state(config, mesh))
+  _, like, _, _ = train.initial_state(config, train.parallel.create_mesh(config))
+  state, meta = train.checkpoint.restore(manager, like)
   manager.close()
   return state, meta
 
@@ -111,14 +111,16 @@ def test_best_checkpoint_is_never_replaced_by_a_worse_one_of_a_resumed_run(tmp_p
   from ssd_jax import checkpoint
 
   @flax.struct.dataclass
-  class State:
+  class State:  # the fields of a train state that a checkpoint holds
     step: jax.Array
-    weights: jax.Array
+    params: dict
+    model_state: dict
+    opt_state: dict
 
   def offer(step, summary):
     manager = checkpoint.create_best_manager(str(tmp_path))  # a new run in the same workdir
-    checkpoint.save_if_best(manager, State(np.int32(step), np.full(3, step, np.float32)), summary,
-                            {"step": step})
+    state = State(np.int32(step), {"w": np.full(3, step, np.float32)}, {}, {"m": np.zeros(3)})
+    checkpoint.save_if_best(manager, state, summary, {"step": step})
     manager.close()
     return sorted(checkpoint.create_best_manager(str(tmp_path)).all_steps())
 
