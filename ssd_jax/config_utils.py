@@ -1,10 +1,15 @@
-"""Loading experiment configs (``configs/<name>.py`` files with a ``get_config()``)."""
+"""Loading experiment configs (``configs/<name>.py`` files with a ``get_config()``), and
+``ConfigError``, raised wherever a config value cannot work (``main`` prints it as one line)."""
 
 import difflib
 import importlib.util
 import os
 
 import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config field has a value that cannot work; the message names the field."""
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -73,7 +78,6 @@ def expand_shorthands(config: ml_collections.ConfigDict) -> None:
 
 def check_num_classes(num_classes: int, class_names: tuple[str, ...]) -> None:
   """Raises ConfigError unless ``num_classes`` is the class names plus background."""
-  from ssd_jax.config_validation import ConfigError
   if len(class_names) + 1 != num_classes:
     raise ConfigError(
         f"config.model.num_classes={num_classes} does not fit the {len(class_names)} class names "

@@ -19,10 +19,8 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from ssd_jax import data, parallel
-from ssd_jax.evaluation import coco, plots, voc
+from ssd_jax.evaluation import METRICS, coco, plots, voc
 from ssd_jax.inference import Detector
-
-METRICS = ("voc07", "voc", "coco")
 
 
 def collect(detector: Detector, config: ml_collections.ConfigDict,

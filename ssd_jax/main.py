@@ -55,14 +55,17 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from ssd_jax import xla_flags
   xla_flags.apply(_MODE.value)  # the fastest XLA:CPU options, unless XLA_FLAGS sets them
-  from ssd_jax import config_validation, console
-  from ssd_jax.config_validation import ConfigError
+  from ssd_jax import console
+  from ssd_jax.config_utils import ConfigError
   console.setup()
   config = _CONFIG.value
-  with console.native_notices_dropped():  # reading a dataset's class names may start TF
+  # Reading a dataset's class names may start TF; validation imports the modules whose constants
+  # it checks (JAX and TF among them).
+  with console.native_notices_dropped():
+    from ssd_jax import config_validation
     _settle_classes(config)
-  config_validation.validate(config)
-  # Imported here so that --help and config errors do not wait for JAX and TF.
+    config_validation.validate(config)
+  # Imported here so that --help and flag errors do not wait for JAX and TF.
   with console.native_notices_dropped():
     import jax
     from ssd_jax import evaluate, export, parallel, predict, progress, train
@@ -160,7 +163,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   """Entry point; configuration, missing-data and strict bad-data errors are one line, exit 2."""
-  from ssd_jax.config_validation import ConfigError
+  from ssd_jax.config_utils import ConfigError  # light: flag errors do not wait for JAX and TF
   try:
     app.run(main, flags_parser=_parse_flags)
   except (ConfigError, FileNotFoundError) as error:

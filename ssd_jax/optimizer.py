@@ -19,7 +19,8 @@ def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
   return opt.learning_rate * config.data.batch_size / opt.reference_batch_size
 
 
-SCHEDULES = ("piecewise", "cosine")
+OPTIMIZERS = ("sgd",)  # config.optimizer.name
+SCHEDULES = ("piecewise", "cosine")  # config.optimizer.schedule
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -70,8 +71,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
   ``bias_lr_multiplier`` x the learning rate.
   """
   opt = config.optimizer
-  if opt.name != "sgd":
-    raise ValueError(f"config.optimizer.name: unknown optimiser {opt.name!r}; known: ['sgd']")
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={opt.name!r}: expected one of {OPTIMIZERS}")
   schedule = learning_rate_schedule(config)
   logging.info("learning rate %.3g for batch %d (reference %.3g at batch %d, scaled linearly)",
                scaled_learning_rate(config), config.data.batch_size, opt.learning_rate,

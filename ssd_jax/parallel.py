@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ssd_jax.config_validation import ConfigError
+from ssd_jax.config_utils import ConfigError
 
 DATA_AXIS = "data"
 # Set by cluster launchers (TPU pods, SLURM, or by hand) when a run spans several processes.

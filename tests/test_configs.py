@@ -89,3 +89,38 @@ def test_init_from_must_exist_and_be_weights(ssd300_config, tmp_path):
     train.check_init_from(config)
   config.train.init_from = str(tmp_path)  # a folder: a weights checkpoint, read later
   train.check_init_from(config)
+
+
+# Each enumerated field, a misspelling of it and the values it takes.
+ENUMERATED = [
+    ("model.name", "ssd300_vgg", ("ssd300_resnet34", "ssd300_resnet50", "ssd300_vgg16",
+                                  "ssd512_vgg16", "ssd_tiny", "ssdlite320_mobilenetv2")),
+    ("model.dtype", "bfloat", ("float32", "bfloat16", "float16")),
+    ("optimizer.name", "adam", ("sgd",)),
+    ("optimizer.schedule", "cosin", ("piecewise", "cosine")),
+    ("data.source", "voc", ("tfds", "voc_folder", "coco_json", "synthetic")),
+    ("data.on_bad_data", "warn", ("skip", "error")),
+    ("eval.metric", "voc12", ("voc07", "voc", "coco")),
+    ("matching.rule", "bipartite", ("caffe", "torchvision")),
+]
+
+
+def config_from_command_line(override: str):
+  """The quickstart config as ``main`` parses it with one ``--config.field=value`` override."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["main", f"--config={os.path.join(CONFIG_DIR, 'quickstart.py')}:tiny", override]
+  flag_values = flags.FlagValues()
+  # The override flags are defined from the argv the config flag is given (main's: sys.argv).
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize("field,value,choices", ENUMERATED, ids=[f for f, _, _ in ENUMERATED])
+def test_every_enumerated_field_is_checked_before_work(field, value, choices):
+  config = config_from_command_line(f"--config.{field}={value}")
+  with pytest.raises(config_validation.ConfigError) as error:
+    config_validation.validate(config)
+  assert str(error.value) == f"config.{field}={value!r}: expected one of {choices}"

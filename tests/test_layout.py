@@ -71,3 +71,9 @@ def test_the_import_reader_sees_known_imports():
 @pytest.mark.parametrize("module", ["inference", "evaluate", "predict", "export"])
 def test_restoring_and_using_a_detector_needs_no_training_code(module):
   assert not imported_by(module) & set(TRAINING)
+
+
+def test_no_import_cycles():
+  # Function-level imports count too (config_validation imports the modules whose constants it
+  # checks, and parallel imports config_validation).
+  assert [name for name in module_files() if name in imported_by(name)] == []

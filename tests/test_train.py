@@ -217,6 +217,18 @@ def test_bad_flags_give_one_clear_error(flags, message, tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def test_a_misspelled_choice_stops_before_any_work(tmp_path):
+  # eval.metric is read only by the first evaluation: validation must catch it before training.
+  workdir = tmp_path / "run"
+  result = subprocess.run(command(str(workdir), str(tmp_path), "--config.eval.metric=voc12"),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2, result.stderr[-3000:]
+  expected = "error: config.eval.metric='voc12': expected one of ('voc07', 'voc', 'coco')"
+  assert [line for line in result.stderr.splitlines() if "eval.metric" in line] == [expected]
+  assert "Traceback" not in result.stderr and "step " not in result.stderr
+  assert not os.path.exists(workdir / "checkpoints") and not checkpoint_steps(workdir)
+
+
 def test_missing_workdir_is_named():
   result = subprocess.run([sys.executable, "-m", "ssd_jax.main", f"--config={TINY}"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

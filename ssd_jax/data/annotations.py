@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from ssd_jax.config_validation import ConfigError
+from ssd_jax.config_utils import ConfigError
 from ssd_jax.data.problems import Problems
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssd_jax import config_utils
-from ssd_jax.config_validation import ConfigError
+from ssd_jax.config_utils import ConfigError
 from ssd_jax.data import annotations
 from ssd_jax.data import synthetic
 from ssd_jax.data.problems import Problems
@@ -28,7 +28,8 @@ COCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 
                      24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47,
                      48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70,
                      72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
-_KINDS = ("tfds", "voc_folder", "coco_json", "synthetic")
+SOURCES = ("tfds", "voc_folder", "coco_json", "synthetic")  # config.data.source
+ON_BAD_DATA = ("skip", "error")  # config.data.on_bad_data: repair/skip with a warning, or stop
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -76,11 +77,11 @@ def make_source(config: ml_collections.ConfigDict, split: str, process_index: in
     import jax  # Only here: tests and tools pass the process explicitly.
     process_index, process_count = jax.process_index(), jax.process_count()
   data = config.data
-  if data.source not in _KINDS:
-    raise ConfigError(f"config.data.source must be one of {_KINDS}, got {data.source!r}")
-  if data.on_bad_data not in ("skip", "error"):
-    raise ConfigError(
-        f"config.data.on_bad_data must be 'skip' or 'error', got {data.on_bad_data!r}")
+  if data.source not in SOURCES:
+    raise ConfigError(f"config.data.source must be one of {SOURCES}, got {data.source!r}")
+  if data.on_bad_data not in ON_BAD_DATA:
+    raise ConfigError(f"config.data.on_bad_data must be one of {ON_BAD_DATA}, got "
+                     f"{data.on_bad_data!r}")
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
   problems = Problems(strict=data.on_bad_data == "error")

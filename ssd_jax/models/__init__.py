@@ -21,7 +21,9 @@ from ssd_jax import priors as priors_lib
 from ssd_jax.models import mobilenet, resnet, tiny, vgg
 from ssd_jax.models.heads import MultiBoxHead, SSD, SSDOutput
 
-__all__ = ["SSD", "SSDOutput", "create_model", "model_names"]
+__all__ = ["DTYPES", "SSD", "SSDOutput", "create_model", "model_names"]
+
+DTYPES = ("float32", "bfloat16", "float16")  # config.model.dtype: the compute dtype
 
 BackboneFactory = Callable[..., nnx.Module]  # (*, width, dtype, rngs) -> backbone
 
