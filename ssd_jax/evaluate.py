@@ -20,14 +20,15 @@ from PIL import Image
 
 from ssd_jax import data, parallel
 from ssd_jax.evaluation import METRICS, coco, plots, voc
+from ssd_jax.evaluation.collector import Collector
 from ssd_jax.inference import Detector
 
 
 def collect(detector: Detector, config: ml_collections.ConfigDict,
-            source: data.Source) -> tuple[voc.Collector, dict[str, np.ndarray]]:
+            source: data.Source) -> tuple[Collector, dict[str, np.ndarray]]:
   """Runs ``detector`` over the eval split. Returns the per-image detections and ground truth in
   original pixels (gathered from every process), and the first batch with its detections."""
-  collector = voc.Collector()
+  collector = Collector()
   first = None
   for batch in data.eval_iterator(config, source):
     images = parallel.global_batch({"image": batch["image"]}, detector.mesh)["image"]
@@ -62,7 +63,7 @@ def detection_grid(batch: dict[str, np.ndarray], config: ml_collections.ConfigDi
                                          "dashed: ground truth")
 
 
-def score(collector: voc.Collector, config: ml_collections.ConfigDict,
+def score(collector: Collector, config: ml_collections.ConfigDict,
           source: data.Source) -> dict:
   """The metrics of ``config.eval.metric`` on collected detections."""
   metric = config.eval.metric

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ssd_jax.evaluation import voc
+from ssd_jax.evaluation.collector import Collector
 
 
 def image(gt_boxes=(), gt_labels=(), difficult=None, det_boxes=(), scores=(), det_labels=()):
@@ -196,7 +197,7 @@ def test_collector_returns_annotation_pixels_and_skips_padding():
            "det_boxes": boxes, "det_scores": np.array([[0.9, 0.1], [0.8, 0.7]], np.float32),
            "det_classes": np.array([[12, 0], [3, 3]], np.int32),
            "det_valid": np.array([[True, False], [True, True]])}
-  collector = voc.Collector()
+  collector = Collector()
   collector.add_batch(batch)
   assert collector.num_images == 1
   assert collector.image_ids == ["000001"] and collector.image_sizes == [(375, 500)]

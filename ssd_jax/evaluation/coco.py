@@ -1,12 +1,13 @@
 """COCO detection metrics (AP, AP50, AP75, APs/m/l, AR@1/10/100, ARs/m/l) through pycocotools.
 
-Takes the per-image lists of ``voc.evaluate`` (xyxy boxes in original pixels, labels 1..C-1), and
-``category_ids``, the COCO category id of label l at [l - 1] (``Source.category_ids``; None: the
-label itself). The ground truth is either built in memory from our lists (no files): "difficult"
-objects become ``iscrowd`` (COCO evaluation ignores detections on them) and object areas, which
-decide small/medium/large, are box areas; or read from the official annotation json
-(``annotation_file``), whose mask areas and crowd regions the official numbers use. COCO boxes are
-[x, y, width, height] in pixels, continuous coordinates (no +1).
+Takes the per-image lists of ``collector.Collector`` (xyxy boxes in original pixels, labels
+1..C-1), and ``category_ids``, the COCO category id of label l at [l - 1]
+(``Source.category_ids``; None: the label itself). The ground truth is either built in memory
+from our lists (no files): "difficult" objects become ``iscrowd`` (COCO evaluation ignores
+detections on them) and object areas, which decide small/medium/large, are box areas; or read
+from the official annotation json (``annotation_file``), whose mask areas and crowd regions the
+official numbers use. COCO boxes are [x, y, width, height] in pixels, continuous coordinates
+(no +1).
 """
 
 import contextlib
@@ -18,7 +19,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ssd_jax.evaluation.voc import ImageDetections, ImageGroundTruth
+from ssd_jax.evaluation.collector import ImageDetections, ImageGroundTruth
 
 # pycocotools' summary, in its order; "mAP" is COCO's AP@[.5:.95] (the metric that ranks models).
 STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
