@@ -2,6 +2,7 @@
 restoring a detector needs no training code."""
 
 import ast
+import functools
 import os
 
 import pytest
@@ -50,10 +51,16 @@ def direct_imports(path: str, known: set[str]) -> set[str]:
   return found
 
 
+@functools.cache
+def import_graph() -> dict[str, set[str]]:
+  """{module: the ssd_jax modules it imports directly}."""
+  files = module_files()
+  return {name: direct_imports(path, set(files)) for name, path in files.items()}
+
+
 def imported_by(module: str) -> set[str]:
   """Every ssd_jax module that importing ``module`` can import, directly or through others."""
-  files = module_files()
-  graph = {name: direct_imports(path, set(files)) for name, path in files.items()}
+  graph = import_graph()
   seen, todo = set(), [module]
   while todo:
     for name in graph[todo.pop()] - seen:
@@ -71,6 +78,11 @@ def test_the_import_reader_sees_known_imports():
 @pytest.mark.parametrize("module", ["inference", "evaluate", "predict", "export"])
 def test_restoring_and_using_a_detector_needs_no_training_code(module):
   assert not imported_by(module) & set(TRAINING)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_mode_imports_another(mode):
+  assert not imported_by(mode) & (set(MODES) - {mode})
 
 
 def test_no_import_cycles():
