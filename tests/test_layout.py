@@ -13,19 +13,27 @@ TRAINING = ("train", "train_step", "optimizer")
 
 
 def module_files() -> dict[str, str]:
-  """{dotted name below ssd_jax ("data.pipeline", "models" for models/__init__.py): path}."""
+  """{dotted name below ssd_jax ("data.pipeline", "models" for models/__init__.py): path}; the
+  empty top-level ssd_jax/__init__.py is left out."""
   files = {}
   for folder, _, names in os.walk(PACKAGE):
     for name in names:
       if name.endswith(".py"):
         path = os.path.join(folder, name)
-        dotted = os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".")
-        files[dotted.removesuffix(".__init__").removesuffix("__init__")] = path
+        dotted = os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".").removesuffix("__init__")
+        if dotted:
+          files[dotted.removesuffix(".")] = path
   return files
 
 
+def packages(module: str) -> set[str]:
+  """The packages above ``module`` inside ssd_jax ("data" for "data.pipeline")."""
+  parts = module.split(".")
+  return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
 def direct_imports(path: str, known: set[str]) -> set[str]:
-  """The ssd_jax modules that ``path`` imports anywhere (function bodies included)."""
+  """The ssd_jax modules that ``path`` names in an import anywhere (function bodies included)."""
   found = set()
   for node in ast.walk(ast.parse(open(path).read())):
     if isinstance(node, ast.Import):
@@ -38,35 +46,37 @@ def direct_imports(path: str, known: set[str]) -> set[str]:
     else:
       continue
     for name in names:
-      if name == "ssd_jax" or not name.startswith("ssd_jax."):
-        continue
-      dotted = name.removeprefix("ssd_jax.")
+      dotted = name.removeprefix("ssd_jax.") if name.startswith("ssd_jax.") else ""
       while dotted and dotted not in known:
         dotted = dotted.rpartition(".")[0]
       if dotted:
         found.add(dotted)
-        # Importing a submodule runs its packages' __init__ first.
-        parts = dotted.split(".")
-        found.update(".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in known)
   return found
 
 
 @functools.cache
 def import_graph() -> dict[str, set[str]]:
-  """{module: the ssd_jax modules it imports directly}."""
+  """{module: the other ssd_jax modules it imports by name} ("from ssd_jax.models import vgg" in
+  models/__init__.py names its own package)."""
   files = module_files()
-  return {name: direct_imports(path, set(files)) for name, path in files.items()}
+  return {name: direct_imports(path, set(files)) - {name} for name, path in files.items()}
 
 
-def imported_by(module: str) -> set[str]:
-  """Every ssd_jax module that importing ``module`` can import, directly or through others."""
-  graph = import_graph()
+def reachable(module: str, graph: dict[str, set[str]]) -> set[str]:
+  """The modules reachable from ``module`` along ``graph``'s edges (itself only through a cycle)."""
   seen, todo = set(), [module]
   while todo:
     for name in graph[todo.pop()] - seen:
       seen.add(name)
       todo.append(name)
-  return seen - {module}
+  return seen
+
+
+def imported_by(module: str) -> set[str]:
+  """Every ssd_jax module that importing ``module`` can import, directly or through others;
+  importing a submodule runs its packages' __init__ first."""
+  graph = {name: imports | packages(name) for name, imports in import_graph().items()}
+  return reachable(module, graph) - {module}
 
 
 def test_the_import_reader_sees_known_imports():
@@ -86,6 +96,8 @@ def test_no_mode_imports_another(mode):
 
 
 def test_no_import_cycles():
-  # Function-level imports count too (config_validation imports the modules whose constants it
-  # checks, and parallel imports config_validation).
-  assert [name for name in module_files() if name in imported_by(name)] == []
+  # Function-level imports count too. A submodule importing its own package is no cycle: Python
+  # initialises the package first.
+  graph = {name: imports - packages(name) for name, imports in import_graph().items()}
+  assert [name for name in graph if name in reachable(name, graph)] == []
+
