@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from ssd_jax import checkpoint, data, models, optimizer, parallel, priors, progress
 from ssd_jax import train_step as step_lib
-from ssd_jax.config_validation import ConfigError
+from ssd_jax.config_utils import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

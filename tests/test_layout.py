@@ -1,15 +1,20 @@
-"""The package's layering, read statically from the source (ast): the modes sit side by side and
-restoring a detector needs no training code."""
+"""The package's layering, read statically from the source (ast): the modes sit side by side,
+restoring a detector needs no training code, and WORKSPACE.md's layout lines say what each module
+may import."""
 
 import ast
 import functools
 import os
+import re
 
 import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ssd_jax")
 MODES = ("train", "evaluate", "predict", "export")  # what main dispatches --mode to
 TRAINING = ("train", "train_step", "optimizer")
+WORKSPACE = os.path.join(os.path.dirname(PACKAGE), "WORKSPACE.md")
+# A layout line: "  - `data.sources`: what it holds. May import: `config_utils`, `data.problems`."
+LAYOUT_LINE = re.compile(r"^\s*- `([\w.]+)`(?: \(mode\))?: .* May import: (.*?)\.?$")
 
 
 def module_files() -> dict[str, str]:
@@ -101,3 +106,31 @@ def test_no_import_cycles():
   graph = {name: imports - packages(name) for name, imports in import_graph().items()}
   assert [name for name in graph if name in reachable(name, graph)] == []
 
+
+def documented_imports() -> dict[str, set[str]]:
+  """{module: the entries of its "May import:" line in WORKSPACE.md's layout section}."""
+  layout = open(WORKSPACE).read().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+  documented = {}
+  for line in layout.splitlines():
+    match = LAYOUT_LINE.match(line)
+    if match:
+      entries = match.group(2)
+      documented[match.group(1)] = (set() if entries == "nothing"
+                                    else set(re.findall(r"`([\w.*]+)`", entries)))
+  return documented
+
+
+def covers(entry: str, module: str) -> bool:
+  """Whether a "May import" entry allows ``module`` ("data.*": data and its modules)."""
+  if entry.endswith(".*"):
+    return module == entry[:-2] or module.startswith(entry[:-1])
+  return module == entry
+
+
+def test_workspace_says_what_every_module_may_import():
+  documented = documented_imports()
+  assert sorted(documented) == sorted(import_graph()), "one WORKSPACE.md layout line per module"
+  undocumented = [f"{module} imports {name}" for module, imports in sorted(import_graph().items())
+                  for name in sorted(imports - packages(module))
+                  if not any(covers(entry, name) for entry in documented[module])]
+  assert undocumented == [], "WORKSPACE.md's layout does not allow these imports"
