@@ -13,7 +13,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODES = ("train", "evaluate", "predict", "export")  # what main dispatches --mode to
 TRAINING = ("train", "train_step", "optimizer")
 WORKSPACE = os.path.join(os.path.dirname(PACKAGE), "WORKSPACE.md")
-# A layout line: "  - `data.sources`: what it holds. May import: `config_utils`, `data.problems`."
+# A layout entry: "  - `data.sources`: what it holds. May import: `config_utils`, `data.problems`."
 LAYOUT_LINE = re.compile(r"^\s*- `([\w.]+)`(?: \(mode\))?: .* May import: (.*?)\.?$")
 
 
@@ -110,8 +110,10 @@ def test_no_import_cycles():
 def documented_imports() -> dict[str, set[str]]:
   """{module: the entries of its "May import:" line in WORKSPACE.md's layout section}."""
   layout = open(WORKSPACE).read().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+  # A module's entry may wrap: its continuation lines are indented deeper than its "- ".
+  entries = re.sub(r"\n {4,}(?!- )", " ", layout)
   documented = {}
-  for line in layout.splitlines():
+  for line in entries.splitlines():
     match = LAYOUT_LINE.match(line)
     if match:
       entries = match.group(2)
