@@ -65,7 +65,11 @@ def main(argv: list[str]) -> None:
     from ssd_jax import config_validation
     _settle_classes(config)
     config_validation.validate(config)
-  # Imported here so that --help and flag errors do not wait for JAX and TF.
+  if _MODE.value == "export" and not _OUTPUT.value:
+    raise ConfigError("--mode=export needs --output=DIR")
+  if _MODE.value == "predict" and not (_IMAGES.value and _OUTPUT.value):
+    raise ConfigError("--mode=predict needs --images=PATTERN and --output=DIR")
+  # Imported here so that --help and config errors do not wait for JAX and TF.
   with console.native_notices_dropped():
     import jax
     from ssd_jax import evaluate, export, parallel, predict, progress, train
@@ -90,14 +94,10 @@ def main(argv: list[str]) -> None:
     folders = glob.glob(os.path.join(workdir, "eval", "step_*"))
     logging.info("evaluation done\n%s", progress.eval_summary(max(folders, key=os.path.getmtime)))
   elif mode == "export":
-    if not _OUTPUT.value:
-      raise ConfigError("--mode=export needs --output=DIR")
     export.export_detector(config, workdir, _OUTPUT.value, _STEP.value)
     logging.info("export done: %s (%s)", _OUTPUT.value,
                  ", ".join(sorted(os.listdir(_OUTPUT.value))))
   else:
-    if not _IMAGES.value or not _OUTPUT.value:
-      raise ConfigError("--mode=predict needs --images=PATTERN and --output=DIR")
     written = predict.predict(config, workdir, _IMAGES.value, _OUTPUT.value, _STEP.value)
     logging.info("prediction done: %d pictures (<name>.png) and detections.jsonl in %s", written,
                  _OUTPUT.value)

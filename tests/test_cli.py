@@ -37,6 +37,8 @@ _CASES = {
                               "--config.model.num_classes=3"], True),
     "bad value": ([TINY, "--config.model.dtype=float64"],
                   ["config.model.dtype='float64'", "expected"], True),
+    "predict without images": ([TINY, "--mode=predict"],
+                               ["--mode=predict needs --images=PATTERN and --output=DIR"], True),
     "missing dataset": ([TINY, "--config.data.source=voc_folder", "--config.data.data_dir={tmp}"],
                         ["VOC-format folder not found", "shapes/ImageSets/Main/train.txt"], False),
     "missing checkpoint": ([TINY, "--config.data.data_dir={tmp}", "--mode=eval"],
