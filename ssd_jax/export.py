@@ -1,23 +1,38 @@
-"""``--mode=export``: the trained detector as one serialised function, loadable without ssd_jax.
+"""``--mode=export``: the trained detector as files that run without ssd_jax, in several formats.
 
-``export_detector(config, workdir, output)`` writes to ``output``:
-- ``detector.jaxexport``: ``jax.export`` bytes (StableHLO) of the whole detector: the evaluation
-  preprocessing (bilinear resize to the model's input size, as ``--mode=predict`` does, then
-  normalisation), the network with the checkpoint's parameters baked in as constants, and batched
-  per-class NMS. It maps uint8 RGB images [B, H, W, 3] (B, H and W symbolic: any batch and image
-  size, one size per call) to a dict of ``boxes`` [B, K, 4] float32 xyxy in pixels of the input
-  images, ``scores`` [B, K] float32 (descending), ``classes`` [B, K] int32 in 1..C-1 and
-  ``num_detections`` [B] int32: rows 0..n-1 are the detections, the rest are zeros.
-  K = ``config.detection.max_detections``. Running it needs only jax.
-- ``metadata.json``: input and output specs, class names, thresholds, step, and how to call it.
-- ``saved_model/``: the same function as a TF SavedModel through ``jax2tf`` (signature
-  ``serving_default``), only when the installed TF can run it: it is written, reloaded and
-  checked against the jax artifact, and left out with the reason in ``metadata.json`` otherwise.
+``export_detector(config, workdir, output, formats)`` writes to ``output``, for each requested
+format, one artifact of the same function: the preprocessing of ``--mode=predict``
+(``ssd_jax.preprocess``: bilinear resize to the model's S x S, aspect ratio not kept, then
+normalisation), the network with the checkpoint's parameters baked in as constants, and the
+batched per-class NMS of ``postprocess.detect`` with the config's thresholds. It maps uint8 RGB
+images ``images`` [B, H, W, 3] (one size per call) to ``boxes`` [B, K, 4] float32 xyxy in pixels
+of the input images, ``scores`` [B, K] float32 (descending), ``classes`` [B, K] int32 in 1..C-1
+and ``num_detections`` [B] int32: rows 0..n-1 are the detections, the rest are zeros.
+K = ``config.detection.max_detections``.
 
-Parameters are constants of the function, so the artifact is one self-contained file (SSD300:
-about 105 MB of float32 weights).
+- ``jax``: ``detector.jaxexport``, ``jax.export`` bytes (StableHLO) for CPU, CUDA and TPU; B, H
+  and W symbolic. Needs jax and flatbuffers (jax's deserialiser imports it; jax does not
+  install it).
+- ``onnx``: ``detector.onnx`` through ``jax2onnx`` (opset 23), NMS included as an ONNX Loop of the
+  same greedy rule; B, H and W dynamic. Needs onnxruntime only.
+- ``savedmodel``: ``saved_model/`` through ``jax2tf`` (signature ``serving_default``) for a fixed
+  input [1, S, S, 3] (TF 2.21 cannot run it with symbolic shapes). Needs tensorflow.
+- ``tflite``: ``detector.tflite`` (float32) and ``detector_int8.tflite`` (int8 weights and
+  activations, calibrated on the images of ``calibration``, default the eval split), converted
+  from that SavedModel by TF's TFLite converter, input [1, S, S, 3]. Needs ai-edge-litert.
+
+The SavedModel and TFLite inputs are images already of the model's size S; inside, they go
+through the same resize (S to S, not the identity) as every other format, so their detections
+equal ``--mode=predict``'s on S x S pictures.
+
+Each written artifact (but the int8 one, which differs by design) is run in a fresh process by its
+own runtime (on images of another size than the model's where the input allows) and compared
+with the jax function; one that fails is removed, and ``metadata.json`` says why for every
+format not written.
 """
 
+import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -25,7 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,30 +48,61 @@ import ml_collections
 import numpy as np
 
 from ssd_jax import postprocess, preprocess, priors
+from ssd_jax.config_utils import ConfigError
 from ssd_jax.data import sources
 from ssd_jax.inference import Detector, detect_images
 
-FUNCTION_FILE, METADATA_FILE, SAVED_MODEL_DIR = "detector.jaxexport", "metadata.json", "saved_model"
+FORMATS = ("jax", "onnx", "savedmodel", "tflite")
+FILES = {"jax": "detector.jaxexport", "onnx": "detector.onnx", "savedmodel": "saved_model",
+         "tflite": "detector.tflite", "tflite_int8": "detector_int8.tflite"}
+METADATA_FILE = "metadata.json"
+OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
 # One artifact for CPU, NVIDIA GPU and TPU hosts: jax.export lowers for each, the caller's
 # platform is picked when it is called.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+# format -> (module, pip package) it needs to be written and checked; all in the `export` extra.
+_NEEDS = {"onnx": (("jax2onnx", "jax2onnx"), ("onnxruntime", "onnxruntime")),
+          "tflite": (("ai_edge_litert", "ai-edge-litert"),)}
 
 Outputs = dict[str, jax.Array]
 
-# Run by check_saved_model in a fresh interpreter: argv = SavedModel folder, npz of the test
-# images and the jax artifact's outputs for them.
-_SAVED_MODEL_CHECK = """
+# How each runtime runs an artifact in a fresh interpreter that imports none of ssd_jax, jax or
+# flax: defines run(images uint8 [B, H, W, 3]) -> dict of OUTPUT_NAMES arrays. These are the
+# snippets metadata.json and the README show.
+RUNNERS = {
+    "onnx": """\
+import onnxruntime
+session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+def run(images):
+  return dict(zip(NAMES, session.run(list(NAMES), {"images": images})))
+""",
+    "savedmodel": """\
+import tensorflow as tf
+serve = tf.saved_model.load(path).signatures["serving_default"]
+def run(images):  # its input is [1, S, S, 3]: one S x S image at a time
+  outs = [serve(images=tf.constant(image[None])) for image in images]
+  return {k: np.concatenate([o[k].numpy() for o in outs]) for k in NAMES}
+""",
+    "tflite": """\
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=path)
+runner = interpreter.get_signature_runner("serving_default")
+def run(images):  # its input is [1, S, S, 3]: one S x S image at a time
+  outs = [runner(images=image[None]) for image in images]
+  return {k: np.concatenate([o[k] for o in outs]) for k in NAMES}
+""",
+}
+# Runs RUNNERS[format] in a fresh interpreter: argv = artifact path, npz with `images`, output npz.
+_RUN_IN_FRESH_PROCESS = """\
 import sys
-import numpy as np, tensorflow as tf
-tf.config.set_visible_devices([], "GPU")
-path, arrays = sys.argv[1:]
-arrays = np.load(arrays)
-got = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(arrays["images"]))
-np.testing.assert_array_equal(got["num_detections"].numpy(), arrays["num_detections"])
-np.testing.assert_allclose(got["scores"].numpy(), arrays["scores"], rtol=0, atol=1e-4)
+import numpy as np
+NAMES = {names}
+path, inputs, outputs = sys.argv[1:]
+{runner}
+np.savez(outputs, **run(np.load(inputs)["images"]))
 """
 
-HOW_TO_CALL = """\
+JAX_HOW_TO_CALL = """\
 import json, jax, numpy as np
 metadata = json.load(open("metadata.json"))
 exported = jax.export.deserialize(bytearray(open("detector.jaxexport", "rb").read()))
@@ -66,6 +112,25 @@ n = int(out["num_detections"][0])
 boxes, scores, classes = out["boxes"][0, :n], out["scores"][0, :n], out["classes"][0, :n]
 names = [metadata["class_names"][c - 1] for c in classes]
 """
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+  """``--format``'s comma-separated names -> the formats, in order, each once."""
+  names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+  unknown = [n for n in names if n not in FORMATS]
+  if not names or unknown:
+    raise ConfigError(f"--format={text!r}: expected comma-separated formats among "
+                      f"{', '.join(FORMATS)}; unknown: {', '.join(unknown) or 'none given'}")
+  return names
+
+
+def check_installed(formats: Sequence[str]) -> None:
+  """Raises ConfigError naming the first missing package of a requested format and its extra."""
+  for name in formats:
+    for module, package in _NEEDS.get(name, ()):
+      if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"--format={name} needs the package {package}, which is not "
+                          "installed: pip install -e '.[export]'")
 
 
 def serving_function(detector: Detector) -> Callable[[jax.Array], Outputs]:
@@ -95,112 +160,315 @@ def export_function(serve: Callable[[jax.Array], Outputs],
   return jax.export.export(jax.jit(serve), platforms=tuple(platforms))(spec)
 
 
-def save_saved_model(serve: Callable[[jax.Array], Outputs], path: str,
+@contextlib.contextmanager
+def _hashable_conv_padding() -> Iterator[None]:
+  """Within it, flax's canonical conv padding is a tuple of pairs instead of a list.
+
+  jax2onnx 0.13.0 (the newest release whose requirements allow our orbax-checkpoint) binds
+  nnx.Conv's canonical padding as a primitive parameter, and jax >= 0.7 rejects the list as
+  unhashable ("parameters to jaxpr equations must have __hash__ and __eq__ methods").
+  """
+  from flax.nnx.nn import linear
+
+  original = linear.canonicalize_padding
+
+  def canonical(padding, rank):
+    result = original(padding, rank)
+    return tuple(map(tuple, result)) if isinstance(result, list) else result
+
+  linear.canonicalize_padding = canonical
+  try:
+    yield
+  finally:
+    linear.canonicalize_padding = original
+
+
+def save_onnx(serve: Callable[[jax.Array], Outputs], path: str) -> None:
+  """``serve`` as an ONNX model at ``path`` (jax2onnx): input ``images`` uint8 [B, H, W, 3] with
+  dynamic B, H and W; outputs OUTPUT_NAMES."""
+  from jax2onnx import to_onnx
+
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 3"), jnp.uint8)
+  with _hashable_conv_padding():
+    to_onnx(lambda images: tuple(serve(images)[k] for k in OUTPUT_NAMES), inputs=[spec],
+            input_names=["images"], output_names=list(OUTPUT_NAMES), model_name="ssd_jax",
+            return_mode="file", output_path=path)
+
+
+@contextlib.contextmanager
+def _stablehlo_for_tf() -> Iterator[None]:
+  """Within it, jax serialises StableHLO for consumers 12 weeks old instead of 4.
+
+  jax.export targets the StableHLO of 4 weeks ago (jax 0.10.2: 1.15.0), newer than what TF's
+  XlaCallModule and TFLite converter read (TF 2.21: up to 1.13.7, jax's 12-week target). jax
+  has no option for this, so its private serialiser is swapped for the duration; a jax that
+  moves it fails here with AttributeError, and the format is then skipped with that reason.
+  """
+  from jax._src import xla_bridge
+  from jax._src.export import _export
+  from jax._src.lib import _jax
+  from jax._src.lib.mlir.dialects import hlo
+
+  def serialize(module) -> bytes:
+    version = hlo.get_version_from_compatibility_requirement(
+        hlo.StablehloCompatibilityRequirement.WEEK_12)
+    return _jax.mlir.serialize_portable_artifact(
+        module, version, xla_bridge.get_backend().serialize_with_sdy)
+
+  original = _export._module_to_bytecode
+  _export._module_to_bytecode = serialize
+  try:
+    yield
+  finally:
+    _export._module_to_bytecode = original
+
+
+def save_saved_model(serve: Callable[[jax.Array], Outputs], path: str, image_size: int,
                      platforms: Sequence[str] = DEFAULT_PLATFORMS) -> None:
   """``serve`` as a TF SavedModel at ``path`` (``jax2tf``): signature ``serving_default`` takes
-  ``images`` uint8 [B, H, W, 3] and returns the outputs by name."""
+  ``images`` uint8 [1, S, S, 3] and returns the outputs by name.
+
+  The shapes are static: with symbolic ones TF 2.21's XlaCallModule cannot refine the module
+  ("Module has dynamic shapes": dynamic_iota, sort, real_dynamic_slice of top_k; 'mhlo.gather' op
+  Dynamic shaped operand is not supported), and the TFLite converter needs static shapes anyway.
+  """
   import tensorflow as tf
   from jax.experimental import jax2tf
 
-  converted = jax2tf.convert(serve, polymorphic_shapes=["(b, h, w, 3)"], with_gradient=False,
+  converted = jax2tf.convert(serve, with_gradient=False,
                              native_serialization_platforms=tuple(platforms))
   module = tf.Module()
   module.serve = tf.function(
       converted, autograph=False,
-      input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-  tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+      input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.uint8, name="images")])
+  with _stablehlo_for_tf():  # jax2tf serialises when the function is traced, here
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
-def check_saved_model(path: str, exported: jax.export.Exported, image_size: int) -> None:
-  """Raises unless a fresh TF process runs the SavedModel at ``path`` and agrees with
-  ``exported`` on two noise images of another size than the model's: the same counts and
-  (sorted) scores. Boxes and classes are not compared: TF's XLA may round differently and swap
-  near-equal scores. A separate process keeps TF's C++ error dump out of this one's log."""
-  images = np.random.default_rng(0).integers(0, 256, (2, image_size + 3, image_size - 1, 3),
-                                             np.uint8)
-  expected = exported.call(images)
+def save_tflite(saved_model: str, path: str,
+                calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> None:
+  """The SavedModel at ``saved_model`` (``save_saved_model``) as a TFLite flatbuffer at ``path``:
+  float32, or with ``calibration`` (a function giving uint8 [S, S, 3] images) int8 post-training
+  quantised (weights and activations)."""
+  import tensorflow as tf
+
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+  if calibration is not None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in calibration())
+  with open(path, "wb") as f:
+    f.write(converter.convert())
+
+
+def run_in_fresh_process(name: str, path: str, images: np.ndarray) -> dict[str, np.ndarray]:
+  """``RUNNERS[name]`` on ``images`` in a new interpreter (its runtime alone, none of our code).
+  Raises RuntimeError with its stderr when it fails."""
+  script = _RUN_IN_FRESH_PROCESS.format(names=OUTPUT_NAMES, runner=RUNNERS[name])
   with tempfile.TemporaryDirectory() as folder:
-    arrays = os.path.join(folder, "check.npz")
-    np.savez(arrays, images=images, **{k: np.asarray(v) for k, v in expected.items()})
-    result = subprocess.run([sys.executable, "-c", _SAVED_MODEL_CHECK, path, arrays],
+    inputs, outputs = os.path.join(folder, "in.npz"), os.path.join(folder, "out.npz")
+    np.savez(inputs, images=images)
+    result = subprocess.run([sys.executable, "-c", script, path, inputs, outputs],
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                            capture_output=True, text=True, timeout=600)
-  if result.returncode:
-    raise RuntimeError(result.stderr)
+                            capture_output=True, text=True, timeout=900)
+    if result.returncode:
+      raise RuntimeError(result.stderr)
+    return dict(np.load(outputs))
+
+
+def check_artifact(name: str, path: str, exported: jax.export.Exported,
+                   images: np.ndarray) -> None:
+  """Raises unless runtime ``name`` runs the artifact at ``path`` in a fresh process and agrees
+  with ``exported`` on ``images``: the same counts and classes, scores within 1e-4, boxes within
+  0.01 px (float32 rounding of another compiler)."""
+  expected = {k: np.asarray(v) for k, v in exported.call(images).items()}
+  got = run_in_fresh_process(name, path, images)
+  np.testing.assert_array_equal(got["num_detections"], expected["num_detections"])
+  np.testing.assert_allclose(got["scores"], expected["scores"], rtol=0, atol=1e-4)
+  np.testing.assert_array_equal(got["classes"], expected["classes"])
+  np.testing.assert_allclose(got["boxes"], expected["boxes"], rtol=0, atol=1e-2)
 
 
 def _reason(error: Exception) -> str:
   """One line: the error's type and the lines of its message that report errors (compiler
   diagnostics, the exception ending a traceback), else its first line."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  diagnostics = [line for line in lines if "error:" in line.lower()] or lines[:1]
+  diagnostics = [line for line in lines if "error:" in line.lower()] or lines[-1:]
   return f"{type(error).__name__}: {' | '.join(dict.fromkeys(diagnostics))}"[:800]
 
 
-def try_saved_model(serve: Callable[[jax.Array], Outputs], exported: jax.export.Exported,
-                    path: str, image_size: int) -> str | None:
-  """Writes and checks the SavedModel; returns None, or why it was left out (and removed)."""
+def try_artifact(name: str, write: Callable[[], None], check: Callable[[], None],
+                 paths: Sequence[str]) -> str | None:
+  """Writes and checks one artifact; returns None, or why it was left out (and removed)."""
   try:
-    save_saved_model(serve, path, exported.platforms)
-    check_saved_model(path, exported, image_size)
-  except Exception as error:  # noqa: BLE001 -- optional artifact: any TF-side failure skips it
-    shutil.rmtree(path, ignore_errors=True)
+    write()
+    check()
+  except Exception as error:  # noqa: BLE001 -- one format failing must not stop the others
+    for path in paths:
+      shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else (
+          os.path.exists(path) and os.remove(path))
     reason = _reason(error)
-    logging.warning("no SavedModel: the installed TensorFlow could not run the one jax2tf wrote; "
-                    "the jax.export artifact is complete (why: metadata.json saved_model_skipped)")
+    logging.warning("no %s artifact (its runtime could not run it; metadata.json \"skipped\" "
+                    "says why): %s", name, reason[:200])
     return reason
   return None
 
 
-def metadata(config: ml_collections.ConfigDict, step: int, class_names: Sequence[str],
-             exported: jax.export.Exported, saved_model_skipped: str | None) -> dict:
-  """What ``metadata.json`` says about the artifact."""
-  d = postprocess.detect_args(config)
+def calibration_images(config: ml_collections.ConfigDict, pattern: str | None,
+                       count: int) -> Callable[[], Iterator[np.ndarray]]:
+  """A function giving up to ``count`` uint8 [S, S, 3] images for int8 calibration: the files of
+  ``pattern`` (comma-separated globs), else the eval split's; resized as ``--mode=predict`` does."""
+  import tensorflow as tf
+
+  from ssd_jax import data
+
+  if pattern:
+    files = sorted(f for part in pattern.split(",") if part.strip()
+                   for f in tf.io.gfile.glob(os.path.expanduser(part.strip())))
+    if not files:
+      raise FileNotFoundError(f"--images={pattern!r} (int8 calibration) matches no file")
+
+  resize = jax.jit(lambda image: preprocess.resize(image[None], config.model.image_size)[0])
+
+  def pictures() -> Iterator[np.ndarray]:
+    if pattern:
+      for path in files:
+        yield tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    else:
+      for example in data.examples(data.make_source(config, "eval")):
+        if example["valid"]:
+          yield example["image"]
+
+  def images() -> Iterator[np.ndarray]:
+    for _, picture in zip(range(count), pictures()):
+      yield np.asarray(resize(np.asarray(picture))).round().clip(0, 255).astype(np.uint8)
+
+  return images
+
+
+_OUTPUTS_SPEC = {
+    "boxes": "float32 [B, K, 4] xyxy in pixels of the input images",
+    "scores": "float32 [B, K], descending",
+    "classes": "int32 [B, K], 1..C-1: class_names[label - 1]",
+    "num_detections": "int32 [B]: rows 0..n-1 are detections, later rows are zeros"}
+_RESIZED_INSIDE = ("RGB images, all of one size within a call; resized inside to image_size x "
+                   "image_size (bilinear, aspect ratio not kept, as --mode=predict) and normalised")
+
+
+def _any_size_input() -> dict:
+  return {"name": "images", "dtype": "uint8", "shape": ["B", "H", "W", 3],
+          "description": _RESIZED_INSIDE}
+
+
+def _format_entries(config: ml_collections.ConfigDict, exported: jax.export.Exported
+                    ) -> dict[str, dict]:
+  """metadata.json's entry of each format: its files, input spec and how to run it."""
+  size = config.model.image_size
+  fixed = {"name": "images", "dtype": "uint8", "shape": [1, size, size, 3],
+           "description": "one RGB image of exactly image_size x image_size pixels (resize it "
+                          "first; inside it is resized again by the same rule and normalised)"}
   return {
-      "function_file": FUNCTION_FILE,
-      "format": "jax.export serialised StableHLO: jax.export.deserialize(bytes).call(images)",
-      "saved_model_dir": None if saved_model_skipped else SAVED_MODEL_DIR,
-      "saved_model_skipped": saved_model_skipped,
-      "step": step, "model": config.model.name, "image_size": config.model.image_size,
-      "input": {"name": "images", "dtype": "uint8", "shape": ["B", "H", "W", 3],
-                "description": "RGB images, all of one size within a call; resized inside to "
-                               "image_size x image_size (bilinear, aspect ratio not kept, as "
-                               "--mode=predict) and normalised"},
-      "outputs": {
-          "boxes": "float32 [B, K, 4] xyxy in pixels of the input images",
-          "scores": "float32 [B, K], descending",
-          "classes": "int32 [B, K], 1..C-1: class_names[label - 1]",
-          "num_detections": "int32 [B]: rows 0..n-1 are detections, later rows are zeros"},
-      "max_detections": d["max_detections"], "class_names": list(class_names),
-      "detection": {k: d[k] for k in ("score_threshold", "nms_iou_threshold", "pre_nms_top_k")},
-      "display_score_threshold": config.predict.score_threshold,
-      "platforms": list(exported.platforms),
-      "jax_version": jax.__version__,
-      "calling_convention_version": exported.calling_convention_version,
-      "how_to_call": HOW_TO_CALL,
+      "jax": {"files": [FILES["jax"]], "input": _any_size_input(),
+              "runtime": f"jax >= {jax.__version__}", "platforms": list(exported.platforms),
+              "calling_convention_version": exported.calling_convention_version,
+              "how_to_call": JAX_HOW_TO_CALL},
+      "onnx": {"files": [FILES["onnx"]], "input": _any_size_input(),
+               "runtime": "onnxruntime (opset 23)",
+               "how_to_call": f"path = {FILES['onnx']!r}\n" + RUNNERS["onnx"]},
+      "savedmodel": {"files": [FILES["savedmodel"]], "input": fixed,
+                     "runtime": "tensorflow", "signature": "serving_default",
+                     "how_to_call": f"path = {FILES['savedmodel']!r}\n" + RUNNERS["savedmodel"]},
+      "tflite": {"files": [FILES["tflite"], FILES["tflite_int8"]], "input": fixed,
+                 "runtime": "ai-edge-litert", "signature": "serving_default",
+                 "how_to_call": f"path = {FILES['tflite']!r}\n" + RUNNERS["tflite"]},
   }
 
 
+def metadata(config: ml_collections.ConfigDict, step: int, class_names: Sequence[str],
+             exported: jax.export.Exported, written: dict[str, list[str]],
+             skipped: dict[str, str]) -> dict:
+  """What ``metadata.json`` says: the formats written (files, input spec, how to run each), why
+  the others were not, and what all of them share (outputs, classes, thresholds)."""
+  d = postprocess.detect_args(config)
+  entries = _format_entries(config, exported)
+  return {
+      "formats": {name: {**entries[name], "files": files} for name, files in written.items()},
+      "skipped": skipped,
+      "step": step, "model": config.model.name, "image_size": config.model.image_size,
+      "outputs": _OUTPUTS_SPEC,
+      "max_detections": d["max_detections"], "class_names": list(class_names),
+      "detection": {k: d[k] for k in ("score_threshold", "nms_iou_threshold", "pre_nms_top_k")},
+      "display_score_threshold": config.predict.score_threshold,
+      "jax_version": jax.__version__,
+  }
+
+
+def _check_images(image_size: int) -> np.ndarray:
+  """Two noise images of another size than the model's, for the fresh-process checks."""
+  return np.random.default_rng(0).integers(0, 256, (2, image_size + 3, image_size - 1, 3),
+                                           np.uint8)
+
+
 def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str,
-                    step: int | None = None, saved_model: bool = True,
-                    platforms: Sequence[str] = DEFAULT_PLATFORMS) -> dict:
-  """Exports checkpoint ``step`` (default: the latest) of ``workdir`` into folder ``output``.
+                    step: int | None = None, formats: Sequence[str] = ("jax",),
+                    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                    calibration: str | None = None, calibration_count: int = 100) -> dict:
+  """Exports checkpoint ``step`` (default: the latest) of ``workdir`` into folder ``output`` in
+  ``formats`` (of FORMATS). int8 TFLite calibrates on ``calibration_count`` images of the files
+  ``calibration`` (a pattern as ``--images``), else of the eval split.
 
   Returns the metadata, also written to ``output/metadata.json``.
   """
+  formats = parse_formats(",".join(formats))
+  check_installed(formats)
   detector = Detector.restore(config, workdir, step)
   serve = serving_function(detector)
   exported = export_function(serve, platforms)
   os.makedirs(output, exist_ok=True)
-  with open(os.path.join(output, FUNCTION_FILE), "wb") as f:
-    f.write(exported.serialize())
-  skipped = "not requested"
-  if saved_model:
-    skipped = try_saved_model(serve, exported, os.path.join(output, SAVED_MODEL_DIR),
-                              config.model.image_size)
-  info = metadata(config, detector.step, sources.class_names(config), exported, skipped)
+  path = {name: os.path.join(output, file) for name, file in FILES.items()}
+  size = config.model.image_size
+  written: dict[str, list[str]] = {}
+  skipped = {name: "not requested (--format)" for name in FORMATS if name not in formats}
+  square = np.asarray(jax.jit(lambda x: preprocess.resize(x, size))(_check_images(size)))
+  square = square.round().clip(0, 255).astype(np.uint8)[:1]  # [1, S, S, 3]
+  with tempfile.TemporaryDirectory() as folder:
+    saved_model = path["savedmodel"]
+    for name in (f for f in FORMATS if f in formats):  # savedmodel before tflite, made from it
+      if name == "jax":
+        with open(path["jax"], "wb") as f:
+          f.write(exported.serialize())
+        reason = None
+      elif name == "onnx":
+        reason = try_artifact(
+            name, lambda: save_onnx(serve, path["onnx"]),
+            lambda: check_artifact("onnx", path["onnx"], exported, _check_images(size)),
+            [path["onnx"]])
+      elif name == "savedmodel":
+        reason = try_artifact(
+            name, lambda: save_saved_model(serve, saved_model, size, exported.platforms),
+            lambda: check_artifact("savedmodel", saved_model, exported, square), [saved_model])
+      else:
+        def write_tflite():
+          source = saved_model if "savedmodel" in written else os.path.join(folder, "sm")
+          if source != saved_model:
+            save_saved_model(serve, source, size, ("cpu",))
+          save_tflite(source, path["tflite"])
+          save_tflite(source, path["tflite_int8"],
+                      calibration_images(config, calibration, calibration_count))
+
+        def check_tflite():
+          check_artifact("tflite", path["tflite"], exported, square)
+          run_in_fresh_process("tflite", path["tflite_int8"], square)  # accuracy: RESULTS.md
+
+        reason = try_artifact(name, write_tflite, check_tflite,
+                              [path["tflite"], path["tflite_int8"]])
+      if reason is None:
+        written[name] = [FILES[name]] + ([FILES["tflite_int8"]] if name == "tflite" else [])
+      else:
+        skipped[name] = reason
+  info = metadata(config, detector.step, sources.class_names(config), exported, written, skipped)
   with open(os.path.join(output, METADATA_FILE), "w") as f:
     json.dump(info, f, indent=2)
-  logging.info("exported step %d of %s to %s (%s)", detector.step, workdir, output,
-               ", ".join(exported.platforms))
+  logging.info("exported step %d of %s to %s: %s%s", detector.step, workdir, output,
+               ", ".join(written) or "nothing",
+               "".join(f"; no {k}: {v}" for k, v in skipped.items() if k in formats))
   return info

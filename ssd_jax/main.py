@@ -3,7 +3,8 @@ r"""ssd_jax command line: ``python -m ssd_jax.main --config=configs/ssd300.py --
 Modes: ``train`` (the default; resumes from the latest checkpoint in the workdir and evaluates
 periodically), ``eval`` (evaluates a checkpoint: ``--step``, default the latest), ``predict``
 (``--images=PATTERN --output=DIR``: draws detections on image files) and ``export``
-(``--output=DIR``: the whole detector as one ``jax.export`` file). Any config field can be
+(``--output=DIR [--format=jax,onnx,savedmodel,tflite]``: the detector as files that run
+without ssd_jax). Any config field can be
 overridden: ``--config.optimizer.learning_rate=2e-3``.
 """
 
@@ -25,7 +26,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs an
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"], "What to run.")
 _STEP = flags.DEFINE_integer("step", None,
                              "eval/predict/export: the checkpoint step (default: latest).")
-_IMAGES = flags.DEFINE_string("images", None, "predict: image files (a path, folder or glob).")
+_IMAGES = flags.DEFINE_string("images", None, "predict: image files (a path, folder or glob); "
+                              "export: calibration images of int8 TFLite (default: eval split).")
+_FORMAT = flags.DEFINE_string("format", "jax", "export: comma-separated formats among jax, onnx, "
+                              "savedmodel, tflite.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the pictures and detections; "
                               "export: folder for the exported detector.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
@@ -94,7 +98,8 @@ def main(argv: list[str]) -> None:
     folders = glob.glob(os.path.join(workdir, "eval", "step_*"))
     logging.info("evaluation done\n%s", progress.eval_summary(max(folders, key=os.path.getmtime)))
   elif mode == "export":
-    export.export_detector(config, workdir, _OUTPUT.value, _STEP.value)
+    export.export_detector(config, workdir, _OUTPUT.value, _STEP.value,
+                           export.parse_formats(_FORMAT.value), calibration=_IMAGES.value)
     logging.info("export done: %s (%s)", _OUTPUT.value,
                  ", ".join(sorted(os.listdir(_OUTPUT.value))))
   else:

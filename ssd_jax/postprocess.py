@@ -30,53 +30,72 @@ from ssd_jax import boxes as boxes_lib
 Detections = tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]
 
 
+def _gather(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
+  """Per image: x [B, N, ...], integer indices [B, ...] into axis 1 -> x[b][indices[b]].
+
+  As one gather from the flattened batch rather than a batched gather (``take_along_axis``,
+  vmap): the TF and TFLite converters cannot read gathers with batching dimensions.
+  """
+  batch, n = x.shape[:2]
+  offsets = (jnp.arange(batch, dtype=indices.dtype) * n).reshape((-1,) + (1,) * (indices.ndim - 1))
+  return x.reshape((-1,) + x.shape[2:])[indices + offsets]
+
+
 def class_nms(boxes: jnp.ndarray, scores: jnp.ndarray, score_threshold: float | jnp.ndarray,
               nms_iou_threshold: float | jnp.ndarray, top_k: int
               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-  """Greedy NMS of one class of one image.
+  """Greedy NMS of each class of each image.
 
-  boxes [P, 4] xyxy, scores [P] -> (indices [top_k] int32 of the best priors, best first and
-  ties by lower index; their scores [top_k]; keep [top_k] bool: a candidate that survived NMS).
+  boxes [B, P, 4] xyxy, scores [B, N, P] (N classes) -> (indices [B, N, top_k] int32 of the best
+  priors, best first and ties by lower index; their scores; keep [B, N, top_k] bool: a candidate
+  that survived NMS). The loop runs over candidates for the whole batch at once, and everything
+  it reads is carried, not closed over: jax2onnx converts it to one ONNX Loop this way.
   """
   candidate_scores, indices = jax.lax.top_k(scores, top_k)  # top_k puts lower indices first on ties
-  candidate = candidate_scores > score_threshold  # [k]; the threshold cuts a prefix of this order
-  candidate_boxes = boxes[indices]
+  candidate = candidate_scores > score_threshold  # [B, N, k]; the threshold cuts a prefix
+  candidate_boxes = _gather(boxes, indices)  # [B, N, k, 4]
   # IoU is symmetric bit for bit (min/max and a commutative sum), so row i is also column i.
-  suppresses = boxes_lib.iou(candidate_boxes, candidate_boxes) > nms_iou_threshold  # [k, k]
+  iou = jax.vmap(jax.vmap(boxes_lib.iou))(candidate_boxes, candidate_boxes)
+  suppresses = iou > nms_iou_threshold  # [B, N, k, k]
 
-  def visit(i, keep):
+  def visit(i, state):
     # keep holds the final decisions for candidates before i and False from i on.
-    survives = candidate[i] & ~jnp.any(keep & suppresses[i])
-    # Not keep.at[i].set: that lowers to a scatter, several times slower on CPU.
-    return jax.lax.dynamic_update_index_in_dim(keep, survives, i, axis=0)
+    keep, candidate, suppresses = state
+    row = jax.lax.dynamic_index_in_dim(suppresses, i, axis=2, keepdims=False)  # [B, N, k]
+    survives = (jax.lax.dynamic_index_in_dim(candidate, i, axis=2, keepdims=False)
+                & ~jnp.any(keep & row, axis=-1))
+    # Not keep.at[..., i].set: that lowers to a scatter, several times slower on CPU.
+    return jax.lax.dynamic_update_index_in_dim(keep, survives, i, axis=2), candidate, suppresses
 
-  keep = jax.lax.fori_loop(0, top_k, visit, jnp.zeros(top_k, bool))
+  keep, _, _ = jax.lax.fori_loop(0, top_k, visit,
+                                 (jnp.zeros_like(candidate), candidate, suppresses))
   return indices, candidate_scores, keep
 
 
-def _select_image(boxes: jnp.ndarray, scores: jnp.ndarray, score_threshold, nms_iou_threshold,
+def _select_batch(boxes: jnp.ndarray, scores: jnp.ndarray, score_threshold, nms_iou_threshold,
                   pre_nms_top_k: int, max_detections: int) -> Detections:
-  """One image: boxes [P, 4] xyxy, scores [P, C] -> indices, scores, classes, valid, each [K]."""
-  num_priors, num_classes = scores.shape
+  """boxes [B, P, 4] xyxy, scores [B, P, C] -> indices, scores, classes, valid, each [B, K]."""
+  _, num_priors, num_classes = scores.shape
   top_k = min(pre_nms_top_k, num_priors)
-  class_scores = scores[:, 1:].T  # [C-1, P]
-  nms = functools.partial(class_nms, score_threshold=score_threshold,
-                          nms_iou_threshold=nms_iou_threshold, top_k=top_k)
-  indices, kept_scores, keep = jax.vmap(nms, in_axes=(None, 0))(boxes, class_scores)  # [C-1, k]
+  class_scores = jnp.swapaxes(scores[..., 1:], 1, 2)  # [B, C-1, P]
+  indices, kept_scores, keep = class_nms(boxes, class_scores, score_threshold, nms_iou_threshold,
+                                         top_k)  # [B, C-1, k]
   kept_scores = jnp.where(keep, kept_scores, -jnp.inf)  # the dropped rank last
-  classes = jnp.broadcast_to(jnp.arange(1, num_classes, dtype=jnp.int32)[:, None], indices.shape)
-  flat = [x.reshape(-1) for x in (kept_scores, indices, classes, keep)]  # class-major
+  classes = jnp.broadcast_to(jnp.arange(1, num_classes, dtype=jnp.int32)[:, None],
+                             indices.shape[1:])
+  flat = [x.reshape(x.shape[0], -1) for x in (kept_scores, indices, keep)]  # class-major
+  flat.insert(2, jnp.broadcast_to(classes.reshape(-1), flat[0].shape))
   # Fewer candidates than max_detections: pad with rows that are never valid.
-  missing = max(max_detections - flat[0].shape[0], 0)
+  missing = max(max_detections - flat[0].shape[1], 0)
   fill = (-jnp.inf, 0, 0, False)
-  flat = [jnp.pad(x, (0, missing), constant_values=v) for x, v in zip(flat, fill)]
+  flat = [jnp.pad(x, ((0, 0), (0, missing)), constant_values=v) for x, v in zip(flat, fill)]
   kept_scores, indices, classes, keep = flat
   # top_k puts the lower flat index first on ties: lower class, then (within a class, whose
   # candidates are in rank order) lower prior index.
   best_scores, best = jax.lax.top_k(kept_scores, max_detections)
-  keep = keep[best]
-  return (jnp.where(keep, indices[best], 0), jnp.where(keep, best_scores, 0.0),
-          jnp.where(keep, classes[best], 0), keep)
+  indices, classes, keep = (_gather(x, best) for x in (indices, classes, keep))
+  return (jnp.where(keep, indices, 0), jnp.where(keep, best_scores, 0.0),
+          jnp.where(keep, classes, 0), keep)
 
 
 def select(boxes: jnp.ndarray, scores: jnp.ndarray, *, score_threshold=0.01,
@@ -96,10 +115,8 @@ def select(boxes: jnp.ndarray, scores: jnp.ndarray, *, score_threshold=0.01,
   if pre_nms_top_k < 1 or max_detections < 1:
     raise ValueError(f"select: pre_nms_top_k ({pre_nms_top_k}) and max_detections "
                      f"({max_detections}) must be >= 1")
-  image = functools.partial(_select_image, score_threshold=score_threshold,
-                            nms_iou_threshold=nms_iou_threshold, pre_nms_top_k=pre_nms_top_k,
-                            max_detections=max_detections)
-  return jax.vmap(image)(boxes, scores)
+  return _select_batch(boxes, scores, score_threshold, nms_iou_threshold, pre_nms_top_k,
+                       max_detections)
 
 
 @functools.partial(jax.jit, static_argnames=("variances", "pre_nms_top_k", "max_detections"))
@@ -126,7 +143,7 @@ def detect(loc_pred: jnp.ndarray, cls_logits: jnp.ndarray, priors: jnp.ndarray, 
   indices, scores, classes, valid = select(
       decoded, scores, score_threshold=score_threshold, nms_iou_threshold=nms_iou_threshold,
       pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)
-  boxes = jnp.take_along_axis(decoded, indices[..., None], axis=1)
+  boxes = _gather(decoded, indices)
   return jnp.where(valid[..., None], boxes, 0.0), scores, classes, valid
 
 

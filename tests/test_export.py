@@ -1,6 +1,7 @@
-"""Export: the jax.export artifact, run in a process without ssd_jax, gives --mode=predict's
-detections; its preprocessing is the input pipeline's evaluation preprocessing."""
+"""Export: each artifact (jax.export, ONNX, SavedModel, TFLite), run by its own runtime in a
+process without ssd_jax, gives --mode=predict's detections."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from ssd_jax import checkpoint, config_utils, export, parallel, predict, train
+from ssd_jax.config_utils import ConfigError
 
 from conftest import CONFIG_DIR
 
@@ -24,20 +26,53 @@ SIZES = ((64, 64), (64, 64), (64, 64), (75, 100), (90, 60))
 # normalisation that TF rounds twice (scores differ by ~1e-7 here).
 SCORE_TOLERANCE, BOX_TOLERANCE = 1e-3, 0.5  # relative, pixels
 
-# Runs in a fresh interpreter: the artifact with jax and numpy only, nothing of ssd_jax.
+# Runs in a fresh interpreter: one artifact with its runtime and numpy only, nothing of ssd_jax.
+# argv = artifact, npz of uint8 batches, output json. ``run`` is defined by RUNNERS below.
 LOADER = """
 import json, sys
-import jax, numpy as np
-artifact, batches, output = sys.argv[1:]
-exported = jax.export.deserialize(bytearray(open(artifact, "rb").read()))
-results = {}
+import numpy as np
+NAMES = ("boxes", "scores", "classes", "num_detections")
+path, batches, output = sys.argv[1:]
+{runner}
+results = {{}}
 for name, images in np.load(batches).items():
-  out = {k: np.asarray(v) for k, v in exported.call(images).items()}
+  out = {{k: np.asarray(v) for k, v in run(images).items()}}
   for i, n in enumerate(out["num_detections"]):
-    results[f"{name}/{i}"] = {k: out[k][i, :n].tolist() for k in ("boxes", "scores", "classes")}
-modules = sorted({m.split(".")[0] for m in sys.modules} & {"ssd_jax", "flax", "tensorflow"})
-json.dump({"results": results, "modules": modules}, open(output, "w"))
+    results[f"{{name}}/{{i}}"] = {{k: out[k][i, :n].tolist() for k in ("boxes", "scores", "classes")}}
+modules = sorted({{m.split(".")[0] for m in sys.modules}} & {{"ssd_jax", "jax", "flax", "tensorflow"}})
+json.dump({{"results": results, "modules": modules}}, open(output, "w"))
 """
+# How a user runs each format (README's snippets); the jax one is the only one that needs jax.
+RUNNERS = {
+    "jax": """
+import jax
+exported = jax.export.deserialize(bytearray(open(path, "rb").read()))
+run = exported.call
+""",
+    "onnx": """
+import onnxruntime
+session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+run = lambda images: dict(zip(NAMES, session.run(list(NAMES), {"images": images})))
+""",
+    "savedmodel": """
+import tensorflow as tf
+serve = tf.saved_model.load(path).signatures["serving_default"]
+def run(images):  # its input is one S x S image
+  outs = [serve(images=tf.constant(image[None])) for image in images]
+  return {k: np.concatenate([o[k].numpy() for o in outs]) for k in NAMES}
+""",
+    "tflite": """
+from ai_edge_litert.interpreter import Interpreter
+runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+def run(images):  # its input is one S x S image
+  outs = [runner(images=image[None]) for image in images]
+  return {k: np.concatenate([o[k] for o in outs]) for k in NAMES}
+""",
+}
+# The modules each loader may import (the runtime itself).
+RUNTIME_MODULES = {"jax": ["jax"], "onnx": [], "savedmodel": ["tensorflow"], "tflite": []}
+# Formats that need only pip packages of the export extra: they must be written in CI.
+REQUIRED = ("jax", "onnx")
 
 
 def tiny_config():
@@ -78,8 +113,29 @@ def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
   config = tiny_config()
   save_initial_checkpoint(config, str(root / "run"))
-  info = export.export_detector(config, str(root / "run"), str(root / "artifact"))
+  calibration = write_images(root / "calibration")
+  info = export.export_detector(config, str(root / "run"), str(root / "artifact"),
+                                formats=("jax", "onnx", "savedmodel", "tflite"),
+                                calibration=str(root / "calibration" / "*.png"))
   return config, root, info
+
+
+@pytest.fixture(scope="module")
+def predicted(exported, tmp_path_factory):
+  """predict's detections of the test images by file, and the decoded images in same-size
+  batches (a batch of 3 exercises the dynamic batch size) as an npz."""
+  config, root, _ = exported
+  folder = tmp_path_factory.mktemp("predicted")
+  paths = write_images(folder / "images")
+  output = folder / "predictions"
+  assert predict.predict(config, str(root / "run"), ",".join(paths), str(output)) == len(paths)
+  lines = {line["file"]: line for line in map(json.loads, open(output / "detections.jsonl"))}
+  groups: dict[str, list[str]] = {}
+  for path in paths:
+    groups.setdefault("x".join(map(str, decoded(path).shape[:2])), []).append(path)
+  np.savez(folder / "batches.npz", **{k: np.stack([decoded(p) for p in v])
+                                      for k, v in groups.items()})
+  return lines, groups, folder / "batches.npz"
 
 
 def decoded(path: str) -> np.ndarray:
@@ -98,74 +154,78 @@ def difference(expected: list[dict], boxes, scores, classes) -> str:
   return ""
 
 
-def test_artifact_without_ssd_jax_gives_predict_detections(exported, tmp_path):
+@pytest.mark.parametrize("name", ["jax", "onnx", "savedmodel", "tflite"])
+def test_artifact_in_its_runtime_alone_gives_predict_detections(exported, predicted, name,
+                                                                 tmp_path):
   config, root, info = exported
-  paths = write_images(tmp_path / "images")
-  output = tmp_path / "predictions"
-  assert predict.predict(config, str(root / "run"), ",".join(paths), str(output)) == len(paths)
-  lines = {line["file"]: line for line in map(json.loads, open(output / "detections.jsonl"))}
-
-  # Same-size images go in one call (a batch of 3 exercises the symbolic batch size).
-  groups: dict[str, list[str]] = {}
-  for path in paths:
-    groups.setdefault("x".join(map(str, decoded(path).shape[:2])), []).append(path)
-  np.savez(tmp_path / "batches.npz", **{k: np.stack([decoded(p) for p in v])
-                                        for k, v in groups.items()})
+  if name not in info["formats"]:
+    assert name not in REQUIRED, f"{name} was not written: {info['skipped'][name]}"
+    pytest.skip(f"{name} not written by the installed packages: {info['skipped'][name]}")
+  lines, groups, batches = predicted
+  if name in ("savedmodel", "tflite"):  # a fixed S x S input: the images of the model's size
+    groups = {"64x64": groups["64x64"]}
+  artifact = root / "artifact" / info["formats"][name]["files"][0]
   result = subprocess.run(
-      [sys.executable, "-c", LOADER, str(root / "artifact" / info["function_file"]),
-       str(tmp_path / "batches.npz"), str(tmp_path / "loaded.json")],
-      capture_output=True, text=True, timeout=300, cwd=tmp_path)
+      [sys.executable, "-c", LOADER.format(runner=RUNNERS[name]), str(artifact), str(batches),
+       str(tmp_path / "loaded.json")],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
   assert result.returncode == 0, result.stderr[-4000:]
   loaded = json.load(open(tmp_path / "loaded.json"))
-  assert loaded["modules"] == []
+  assert loaded["modules"] == RUNTIME_MODULES[name]
 
   total = 0
-  for name, group in groups.items():
+  for size, group in groups.items():
     for i, path in enumerate(group):
-      got = loaded["results"][f"{name}/{i}"]
+      got = loaded["results"][f"{size}/{i}"]
       keep = np.asarray(got["scores"]) >= config.predict.score_threshold
       expected = lines[path]["detections"]
       assert not difference(expected, *(np.asarray(got[k])[keep]
-                                        for k in ("boxes", "scores", "classes"))), path
+                                        for k in ("boxes", "scores", "classes"))), (name, path)
       total += len(expected)
-  assert total >= 20  # not vacuous
+  assert total >= (10 if len(groups) == 1 else 20)  # not vacuous
 
 
-def test_metadata_and_saved_model(exported):
+def test_metadata(exported):
   config, root, info = exported
   assert json.load(open(root / "artifact" / export.METADATA_FILE)) == info
   assert info["image_size"] == 64 and info["max_detections"] == config.detection.max_detections
   assert info["class_names"] == list(config.data.class_names)
-  assert info["platforms"] == ["cpu", "cuda", "tpu"] and info["step"] == 0
-  saved_model = root / "artifact" / export.SAVED_MODEL_DIR
-  if info["saved_model_dir"] is None:  # the installed TF cannot run jax2tf's output: say why
-    assert info["saved_model_skipped"] and not saved_model.exists()
-  else:  # export_detector checked it against the artifact already; here its interface
-    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    out = serve(images=tf.zeros([2, 30, 40, 3], tf.uint8))
-    assert sorted(out) == ["boxes", "classes", "num_detections", "scores"]
-    assert out["boxes"].shape == (2, config.detection.max_detections, 4)
+  assert info["step"] == 0 and info["formats"]["jax"]["platforms"] == ["cpu", "cuda", "tpu"]
+  assert info["detection"]["nms_iou_threshold"] == config.detection.nms_iou_threshold
+  assert set(info["formats"]) | set(info["skipped"]) == set(export.FORMATS)
+  for name, entry in info["formats"].items():
+    assert all((root / "artifact" / file).exists() for file in entry["files"]), name
+    assert entry["input"]["dtype"] == "uint8" and entry["how_to_call"]
+  for name in info["skipped"]:  # nothing is left of a format that was not written
+    assert not (root / "artifact" / export.FILES[name]).exists(), name
+
+
+def test_unknown_or_missing_formats_are_one_line(monkeypatch):
+  with pytest.raises(ConfigError, match=r"--format='onnx,pdf'.*unknown: pdf"):
+    export.parse_formats("onnx,pdf")
+  assert export.parse_formats("onnx, jax,onnx") == ("onnx", "jax")
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "jax2onnx" else real(name, *a))
+  with pytest.raises(ConfigError) as error:
+    export.check_installed(["jax", "onnx"])
+  assert str(error.value) == ("--format=onnx needs the package jax2onnx, which is not installed: "
+                              "pip install -e '.[export]'")
 
 
 def toy_serve(images):
-  """A stand-in for the detector, of ops that the installed TF's XlaCallModule can run."""
+  """A stand-in for the detector with its outputs, of ops that any converter handles."""
   means = jnp.sort(images.astype(jnp.float32).mean(axis=(1, 2)), axis=1)[:, ::-1]  # [B, 3]
-  return {"scores": means / 255.0, "num_detections": jnp.full(images.shape[:1], 3, jnp.int32)}
+  batch = images.shape[0]
+  return {"boxes": jnp.zeros((batch, 3, 4)) + means[..., None], "scores": means / 255.0,
+          "classes": jnp.ones((batch, 3), jnp.int32),
+          "num_detections": jnp.full((batch,), 3, jnp.int32)}
 
 
-def test_saved_model_is_kept_when_tf_runs_it(tmp_path):
-  path = str(tmp_path / "saved_model")
-  assert export.try_saved_model(toy_serve, export.export_function(toy_serve), path, 8) is None
-  serve = tf.saved_model.load(path).signatures["serving_default"]
-  out = serve(images=tf.fill([2, 5, 7, 3], tf.constant(51, tf.uint8)))
-  np.testing.assert_allclose(out["scores"].numpy(), 0.2)
-  assert out["num_detections"].numpy().tolist() == [3, 3]
-
-
-def test_saved_model_is_left_out_with_the_reason_when_tf_fails(tmp_path, monkeypatch):
-  def fail(*args):
+def test_artifact_is_left_out_with_the_reason_when_its_check_fails(tmp_path):
+  path = str(tmp_path / "toy.onnx")
+  def fail():
     raise ValueError("first line\nloc: error: what went wrong")
-  monkeypatch.setattr(export, "check_saved_model", fail)
-  path = tmp_path / "saved_model"
-  reason = export.try_saved_model(toy_serve, export.export_function(toy_serve), str(path), 8)
-  assert reason == "ValueError: loc: error: what went wrong" and not path.exists()
+  reason = export.try_artifact("onnx", lambda: open(path, "w").close(), fail, [path])
+  assert reason == "ValueError: loc: error: what went wrong" and not os.path.exists(path)
