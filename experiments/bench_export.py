@@ -22,6 +22,8 @@ import tempfile
 import time
 from typing import Callable
 
+# torch first: imported after jax and TF, its triton import segfaults (seen with torch 2.14.1).
+import torch  # noqa: F401
 import jax
 import numpy as np
 from flax import nnx

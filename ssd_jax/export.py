@@ -60,9 +60,14 @@ OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
 # One artifact for CPU, NVIDIA GPU and TPU hosts: jax.export lowers for each, the caller's
 # platform is picked when it is called.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-# format -> (module, pip package) it needs to be written and checked; all in the `export` extra.
-_NEEDS = {"onnx": (("jax2onnx", "jax2onnx"), ("onnxruntime", "onnxruntime")),
-          "tflite": (("ai_edge_litert", "ai-edge-litert"),)}
+# format -> (module, how to install it) that it needs to be written and checked.
+_EXTRA = "pip install -e '.[export]'"
+# jax2onnx is not in the extra: its releases that convert under jax 0.10 (0.13.1 and later)
+# require orbax-checkpoint<0.11.37 (which it never imports), below ours; 0.13.0 fails on
+# symbolic dimensions (divmod of _DynamicDimSentinel).
+JAX2ONNX_INSTALL = "pip install --no-deps jax2onnx==0.17.1 onnx-ir dm-pix equinox"
+_NEEDS = {"onnx": (("jax2onnx", JAX2ONNX_INSTALL), ("onnx", _EXTRA), ("onnxruntime", _EXTRA)),
+          "tflite": (("ai_edge_litert", _EXTRA),)}
 
 Outputs = dict[str, jax.Array]
 
@@ -125,12 +130,13 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 
 def check_installed(formats: Sequence[str]) -> None:
-  """Raises ConfigError naming the first missing package of a requested format and its extra."""
+  """Raises ConfigError naming the first missing package of a requested format and how to
+  install it."""
   for name in formats:
-    for module, package in _NEEDS.get(name, ()):
+    for module, install in _NEEDS.get(name, ()):
       if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"--format={name} needs the package {package}, which is not "
-                          "installed: pip install -e '.[export]'")
+        raise ConfigError(f"--format={name} needs the package {module}, which is not "
+                          f"installed: {install}")
 
 
 def serving_function(detector: Detector) -> Callable[[jax.Array], Outputs]:
@@ -160,39 +166,15 @@ def export_function(serve: Callable[[jax.Array], Outputs],
   return jax.export.export(jax.jit(serve), platforms=tuple(platforms))(spec)
 
 
-@contextlib.contextmanager
-def _hashable_conv_padding() -> Iterator[None]:
-  """Within it, flax's canonical conv padding is a tuple of pairs instead of a list.
-
-  jax2onnx 0.13.0 (the newest release whose requirements allow our orbax-checkpoint) binds
-  nnx.Conv's canonical padding as a primitive parameter, and jax >= 0.7 rejects the list as
-  unhashable ("parameters to jaxpr equations must have __hash__ and __eq__ methods").
-  """
-  from flax.nnx.nn import linear
-
-  original = linear.canonicalize_padding
-
-  def canonical(padding, rank):
-    result = original(padding, rank)
-    return tuple(map(tuple, result)) if isinstance(result, list) else result
-
-  linear.canonicalize_padding = canonical
-  try:
-    yield
-  finally:
-    linear.canonicalize_padding = original
-
-
 def save_onnx(serve: Callable[[jax.Array], Outputs], path: str) -> None:
   """``serve`` as an ONNX model at ``path`` (jax2onnx): input ``images`` uint8 [B, H, W, 3] with
   dynamic B, H and W; outputs OUTPUT_NAMES."""
   from jax2onnx import to_onnx
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 3"), jnp.uint8)
-  with _hashable_conv_padding():
-    to_onnx(lambda images: tuple(serve(images)[k] for k in OUTPUT_NAMES), inputs=[spec],
-            input_names=["images"], output_names=list(OUTPUT_NAMES), model_name="ssd_jax",
-            return_mode="file", output_path=path)
+  to_onnx(lambda images: tuple(serve(images)[k] for k in OUTPUT_NAMES), inputs=[spec],
+          input_names=["images"], output_names=list(OUTPUT_NAMES), model_name="ssd_jax",
+          return_mode="file", output_path=path)
 
 
 @contextlib.contextmanager
