@@ -70,7 +70,8 @@ def run(images):  # its input is one S x S image
 """,
 }
 # The modules each loader may import (the runtime itself).
-RUNTIME_MODULES = {"jax": ["jax"], "onnx": [], "savedmodel": ["tensorflow"], "tflite": []}
+# The SavedModel's loader imports only tensorflow; TF 2.21 itself brings jax into the process.
+RUNTIME_MODULES = {"jax": ["jax"], "onnx": [], "savedmodel": ["jax", "tensorflow"], "tflite": []}
 # Every format that can be written must be. ONNX needs jax2onnx, which pip cannot install beside
 # our orbax-checkpoint (export.JAX2ONNX_INSTALL).
 HAS_JAX2ONNX = importlib.util.find_spec("jax2onnx") is not None
