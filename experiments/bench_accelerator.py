@@ -108,8 +108,8 @@ def forward_images_per_second(file: str, width: float, batch: int, min_time: flo
 
 def run_export(config, workdir: str, output: str, batch: int) -> dict:
   """Exports the latest checkpoint of ``workdir`` and runs the exported file on the default device."""
-  export.export_detector(config, workdir, output, saved_model=False)
-  with open(os.path.join(output, export.FUNCTION_FILE), "rb") as f:
+  export.export_detector(config, workdir, output, formats=("jax",))
+  with open(os.path.join(output, export.FILES["jax"]), "rb") as f:
     exported = jax.export.deserialize(f.read())
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 480, 640, 3), np.uint8))
   outputs = exported.call(images)
