@@ -31,7 +31,9 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import median_seconds  # noqa: E402
 
-from ssd_jax import config_utils, export, inference, models, parallel  # noqa: E402
+from ssd_jax import config_utils, export, inference, models, parallel, xla_flags  # noqa: E402
+
+xla_flags.apply("export")  # before the first computation: XLA reads XLA_FLAGS once
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "ssd300.py")
 
@@ -124,6 +126,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
   print(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start")
+  print(xla_flags.summary())
   rng = np.random.default_rng(0)
   batches = {1: rng.integers(0, 256, (1, 300, 300, 3), np.uint8),
              8: rng.integers(0, 256, (8, 300, 300, 3), np.uint8)}

@@ -65,7 +65,8 @@ _EXTRA = "pip install -e '.[export]'"
 # jax2onnx is not in the extra: its releases that convert under jax 0.10 (0.13.1 and later)
 # require orbax-checkpoint<0.11.37 (which it never imports), below ours; 0.13.0 fails on
 # symbolic dimensions (divmod of _DynamicDimSentinel).
-JAX2ONNX_INSTALL = "pip install --no-deps jax2onnx==0.17.1 onnx-ir dm-pix equinox"
+JAX2ONNX_INSTALL = ("pip install --no-deps jax2onnx==0.17.1 onnx-ir==1.1.0 dm-pix==0.4.5 "
+                    "equinox==0.13.8 jaxtyping==0.3.11 wadler-lindig==0.1.8")
 _NEEDS = {"onnx": (("jax2onnx", JAX2ONNX_INSTALL), ("onnx", _EXTRA), ("onnxruntime", _EXTRA)),
           "tflite": (("ai_edge_litert", _EXTRA),)}
 

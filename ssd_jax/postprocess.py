@@ -37,8 +37,10 @@ def _gather(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
   vmap): the TF and TFLite converters cannot read gathers with batching dimensions.
   """
   batch, n = x.shape[:2]
-  offsets = (jnp.arange(batch, dtype=indices.dtype) * n).reshape((-1,) + (1,) * (indices.ndim - 1))
-  return x.reshape((-1,) + x.shape[2:])[indices + offsets]
+  # An iota of the indices' own shape and no -1 in a reshape: jax2onnx cannot divide its
+  # symbolic batch size, nor match the size of an arange over it to the batch.
+  offsets = jax.lax.broadcasted_iota(indices.dtype, indices.shape, 0) * n
+  return x.reshape((batch * n,) + x.shape[2:])[indices + offsets]
 
 
 def class_nms(boxes: jnp.ndarray, scores: jnp.ndarray, score_threshold: float | jnp.ndarray,
