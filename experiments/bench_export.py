@@ -22,8 +22,10 @@ import tempfile
 import time
 from typing import Callable
 
-# torch first: imported after jax and TF, its triton import segfaults (seen with torch 2.14.1).
+# torch and torchvision's detection models first: imported after jax and TF, torch's triton
+# import segfaults (seen with torch 2.14.1).
 import torch  # noqa: F401
+import torchvision.models.detection  # noqa: F401
 import jax
 import numpy as np
 from flax import nnx
@@ -78,9 +80,23 @@ def ours(folder: str, skip: set[str]) -> dict[str, Callable[[np.ndarray], object
       start = time.perf_counter()
       export.save_tflite(saved_model, path, data)
       print(f"{name}: {time.perf_counter() - start:.0f} s to convert")
-      runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+      runner = litert_runner(Interpreter, path)
       runners[name] = lambda images, r=runner: [r(images=image[None]) for image in images]
   return runners
+
+
+def litert_runner(interpreter: type, path: str) -> Callable:
+  """The serving signature of the .tflite at ``path``, with LiteRT's default XNNPACK delegate
+  when it accepts the model, else with the built-in kernels only (said on stdout)."""
+  from ai_edge_litert.interpreter import OpResolverType
+  runner = interpreter(model_path=path).get_signature_runner("serving_default")
+  try:
+    runner(images=np.zeros((1, 300, 300, 3), np.uint8))
+    return runner
+  except RuntimeError as error:
+    print(f"{os.path.basename(path)}: XNNPACK refused it ({str(error)[:120]}); built-in kernels")
+    return interpreter(model_path=path, experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)).get_signature_runner("serving_default")
 
 
 def torchvision_runners(folder: str, skip: set[str]) -> dict[str, Callable[[np.ndarray], object]]:

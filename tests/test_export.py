@@ -246,3 +246,25 @@ def test_artifact_is_left_out_with_the_reason_when_its_check_fails(tmp_path):
     raise ValueError("first line\nloc: error: what went wrong")
   reason = export.try_artifact("onnx", lambda: open(path, "w").close(), fail, [path])
   assert reason == "ValueError: loc: error: what went wrong" and not os.path.exists(path)
+
+
+@pytest.mark.skipif(not HAS_JAX2ONNX, reason=f"jax2onnx is not installed: {export.JAX2ONNX_INSTALL}")
+def test_backbone_pools_convert_to_onnx_that_onnxruntime_runs(tmp_path):
+  """The pools the tiny test model lacks: VGG's 2x2 ceil-mode pool, pool5 (3x3 / 1, pad 1) and
+  ResNet's stem pool (3x3 / 2, pad 1), converted and run by onnxruntime with a dynamic batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+  from ssd_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  def pools(x):
+    return (layers.max_pool(x, 2, 2, ceil_mode=True), layers.max_pool(x, 3, 1, padding=1),
+            layers.max_pool(x, 3, 2, padding=1))
+  path = str(tmp_path / "pools.onnx")
+  to_onnx(pools, inputs=[jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, 15, 15, 4"),
+                                              jnp.float32)],
+          return_mode="file", output_path=path)
+  x = np.random.default_rng(0).normal(size=(2, 15, 15, 4)).astype(np.float32)
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  for got, want in zip(session.run(None, {session.get_inputs()[0].name: x}), pools(x)):
+    np.testing.assert_array_equal(got, np.asarray(want))

@@ -323,3 +323,22 @@ def test_tile_max_pool_jits_in_bfloat16():
                                        .astype(jnp.float32).sum()))(x)
   # Each of the 3 x 3 windows of each of the 4 channels sends its 1 to one element.
   assert grad.dtype == jnp.bfloat16 and float(grad.astype(jnp.float32).sum()) == 3 * 3 * 4
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", [((2, 19, 19, 3), 3, 1, 1),
+                                                         ((1, 16, 15, 2), 3, 2, 1),
+                                                         ((1, 9, 9, 2), 3, 2, 0)])
+def test_window_max_equals_reduce_window_with_its_gradient(shape, window, stride, padding):
+  """pool5 (3x3 / 1, pad 1) and ResNet's stem pool (3x3 / 2, pad 1): values and gradients equal
+  to lax.reduce_window's bit for bit, ties (ReLU zeros) included."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0).astype(np.float32))
+  pads = ((padding, padding), (padding, padding))
+  reference = lambda v: jax.lax.reduce_window(  # noqa: E731
+      v, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+      ((0, 0), *pads, (0, 0)))
+  y, vjp = jax.vjp(lambda v: layers.max_pool(v, window, stride, padding=padding), x)
+  y_ref, vjp_ref = jax.vjp(reference, x)
+  g = jnp.asarray(rng.normal(size=y_ref.shape).astype(np.float32))
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])

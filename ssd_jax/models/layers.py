@@ -82,8 +82,8 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0,
 
   Ceil mode pads the bottom/right just enough for one more window, which is how VGG's pool3
   maps 75 -> 38 in SSD300. Non-overlapping unpadded pools (window == stride, VGG's 2x2) take
-  ``tile_max``; the others ``lax.reduce_window``. Both send the gradient of a window to its first
-  maximal element in row-major order.
+  ``tile_max``; the others ``window_max``. Both send the gradient of a window to its first
+  maximal element in row-major order, as ``lax.reduce_window`` does.
   """
   def pads(size: int) -> tuple[int, int]:
     extra = 0
@@ -100,10 +100,45 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0,
     x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)),
                 constant_values=-jnp.inf)
     return tile_max(x, window)
+  return window_max(x, window, stride, (pads(x.shape[1]), pads(x.shape[2])))
+
+
+def _reduce_window_max(x: Array, window: int, stride: int,
+                       pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
   # A Python -inf init (not an array) lets JAX see a max monoid and use its differentiable rule.
-  return jax.lax.reduce_window(
-      x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-      (1, stride, stride, 1), ((0, 0), pads(x.shape[1]), pads(x.shape[2]), (0, 0)))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), ((0, 0), *pads, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def window_max(x: Array, window: int, stride: int,
+               pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+  """Max over window x window windows of [B, H, W, C] at ``stride``, after -inf padding ``pads``
+  ((top, bottom), (left, right)): the value of ``lax.reduce_window``'s max, with its gradient.
+
+  The value is the elementwise max of the window's strided slices of the padded input (Pad, Slice
+  and Max in ONNX: jax2onnx turns ``reduce_window`` into a MaxPool over six dimensions, which
+  onnxruntime rejects); the gradient is ``reduce_window``'s (select-and-scatter: each window's to
+  its first maximum), so training computes the same numbers either way.
+  """
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  rows, cols = ((padded.shape[axis] - window) // stride + 1 for axis in (1, 2))
+  slices = [padded[:, dy:dy + (rows - 1) * stride + 1:stride,
+                   dx:dx + (cols - 1) * stride + 1:stride]
+            for dy in range(window) for dx in range(window)]
+  return functools.reduce(jnp.maximum, slices)
+
+
+def _window_max_fwd(x: Array, window: int, stride: int, pads) -> tuple[Array, Array]:
+  return window_max(x, window, stride, pads), x
+
+
+def _window_max_bwd(window: int, stride: int, pads, x: Array, g: Array) -> tuple[Array]:
+  _, vjp = jax.vjp(lambda v: _reduce_window_max(v, window, stride, pads), x)
+  return vjp(g)
+
+
+window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
 def _tile_extent(size: int, window: int, ceil_mode: bool) -> int:
