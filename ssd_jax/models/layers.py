@@ -78,7 +78,8 @@ def relu6(x: Array) -> Array:
 
 def max_pool(x: Array, window: int, stride: int, padding: int = 0,
              ceil_mode: bool = False) -> Array:
-  """Max pooling of [B, H, W, C] with PyTorch semantics (padding with -inf, optional ceil mode).
+  """Max pooling of [B, H, W, C] with PyTorch semantics (padding counts as -inf, optional ceil
+  mode).
 
   Ceil mode pads the bottom/right just enough for one more window, which is how VGG's pool3
   maps 75 -> 38 in SSD300. Non-overlapping unpadded pools (window == stride, VGG's 2x2) take
@@ -97,8 +98,10 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0,
     # With window == stride and no padding, a last window is never entirely padding.
     rows, cols = (_tile_extent(size, window, ceil_mode) for size in x.shape[1:3])
     x = x[:, :rows, :cols]
-    x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)),
-                constant_values=-jnp.inf)
+    # Ceil mode: the last row / column repeated, not -inf (an int8 TFLite model cannot quantise
+    # -inf). A window's maximum is the same, and its first maximum is never a repeat (the
+    # original comes first), so the gradient is too.
+    x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)), mode="edge")
     return tile_max(x, window)
   return window_max(x, window, stride, (pads(x.shape[1]), pads(x.shape[2])))
 
@@ -113,15 +116,19 @@ def _reduce_window_max(x: Array, window: int, stride: int,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def window_max(x: Array, window: int, stride: int,
                pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
-  """Max over window x window windows of [B, H, W, C] at ``stride``, after -inf padding ``pads``
-  ((top, bottom), (left, right)): the value of ``lax.reduce_window``'s max, with its gradient.
+  """Max over window x window windows of [B, H, W, C] at ``stride``, with ``pads`` ((top,
+  bottom), (left, right)) of -inf around it: the value of ``lax.reduce_window``'s max, with its
+  gradient. ``pads`` must leave a real element in every window (PyTorch's rule: at most half a
+  window of padding).
 
   The value is the elementwise max of the window's strided slices of the padded input (Pad, Slice
   and Max in ONNX: jax2onnx turns ``reduce_window`` into a MaxPool over six dimensions, which
   onnxruntime rejects); the gradient is ``reduce_window``'s (select-and-scatter: each window's to
   its first maximum), so training computes the same numbers either way.
   """
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  # Edge rows / columns repeated rather than -inf (int8 TFLite cannot quantise -inf): every
+  # window holds the real row or column that its padding repeats, so its maximum is unchanged.
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="edge")
   rows, cols = ((padded.shape[axis] - window) // stride + 1 for axis in (1, 2))
   slices = [padded[:, dy:dy + (rows - 1) * stride + 1:stride,
                    dx:dx + (cols - 1) * stride + 1:stride]
