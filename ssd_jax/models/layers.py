@@ -10,6 +10,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -101,9 +102,19 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0,
     # Ceil mode: the last row / column repeated, not -inf (an int8 TFLite model cannot quantise
     # -inf). A window's maximum is the same, and its first maximum is never a repeat (the
     # original comes first), so the gradient is too.
-    x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)), mode="edge")
+    x = _pad_edges(x, ((0, rows - x.shape[1]), (0, cols - x.shape[2])))
     return tile_max(x, window)
   return window_max(x, window, stride, (pads(x.shape[1]), pads(x.shape[2])))
+
+
+def _pad_edges(x: Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+  """[B, H, W, C] with its first / last rows and columns repeated ``pads`` ((top, bottom), (left,
+  right)) times: a gather of clipped indices (jax2onnx mis-shapes ``jnp.pad``'s edge mode)."""
+  for axis, (before, after) in zip((1, 2), pads):
+    if before or after:
+      size = x.shape[axis]
+      x = jnp.take(x, np.clip(np.arange(-before, size + after), 0, size - 1), axis=axis)
+  return x
 
 
 def _reduce_window_max(x: Array, window: int, stride: int,
@@ -128,7 +139,7 @@ def window_max(x: Array, window: int, stride: int,
   """
   # Edge rows / columns repeated rather than -inf (int8 TFLite cannot quantise -inf): every
   # window holds the real row or column that its padding repeats, so its maximum is unchanged.
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="edge")
+  padded = _pad_edges(x, pads)
   rows, cols = ((padded.shape[axis] - window) // stride + 1 for axis in (1, 2))
   slices = [padded[:, dy:dy + (rows - 1) * stride + 1:stride,
                    dx:dx + (cols - 1) * stride + 1:stride]
