@@ -66,7 +66,8 @@ _EXTRA = "pip install -e '.[export]'"
 # require orbax-checkpoint<0.11.37 (which it never imports), below ours; 0.13.0 fails on
 # symbolic dimensions (divmod of _DynamicDimSentinel).
 JAX2ONNX_INSTALL = ("pip install --no-deps jax2onnx==0.17.1 onnx-ir==1.1.0 dm-pix==0.4.5 "
-                    "equinox==0.13.8 jaxtyping==0.3.11 wadler-lindig==0.1.8")
+                    "equinox==0.13.8 jaxtyping==0.3.11 wadler-lindig==0.1.8 sympy==1.14.0 "
+                    "mpmath==1.3.0")
 _NEEDS = {"onnx": (("jax2onnx", JAX2ONNX_INSTALL), ("onnx", _EXTRA), ("onnxruntime", _EXTRA)),
           "tflite": (("ai_edge_litert", _EXTRA),)}
 
