@@ -174,7 +174,11 @@ def save_onnx(serve: Callable[[jax.Array], Outputs], path: str) -> None:
   from jax2onnx import to_onnx
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 3"), jnp.uint8)
-  to_onnx(lambda images: tuple(serve(images)[k] for k in OUTPUT_NAMES), inputs=[spec],
+  def outputs(images: jax.Array) -> tuple[jax.Array, ...]:
+    detections = serve(images)  # once: jax2onnx does not merge repeated traces of the network
+    return tuple(detections[k] for k in OUTPUT_NAMES)
+
+  to_onnx(outputs, inputs=[spec],
           input_names=["images"], output_names=list(OUTPUT_NAMES), model_name="ssd_jax",
           return_mode="file", output_path=path)
 

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import nnx
 from PIL import Image, ImageDraw
 
-from ssd_jax import checkpoint, config_utils, export, parallel, predict, train
+from ssd_jax import checkpoint, config_utils, export, models, parallel, predict, train
 from ssd_jax.config_utils import ConfigError
 
 from conftest import CONFIG_DIR
@@ -56,6 +57,7 @@ run = lambda images: dict(zip(NAMES, session.run(list(NAMES), {"images": images}
 """,
     "savedmodel": """
 import tensorflow as tf
+from flax import nnx
 serve = tf.saved_model.load(path).signatures["serving_default"]
 def run(images):  # its input is one S x S image
   outs = [serve(images=tf.constant(image[None])) for image in images]
@@ -195,6 +197,20 @@ def test_artifact_in_its_runtime_alone_gives_predict_detections(exported, predic
                                         for k in ("boxes", "scores", "classes"))), (name, path)
       total += len(expected)
   assert total >= (10 if len(groups) == 1 else 20)  # not vacuous
+
+
+@pytest.mark.skipif(not HAS_JAX2ONNX, reason=f"jax2onnx is not installed: {export.JAX2ONNX_INSTALL}")
+def test_onnx_graph_holds_the_network_once(exported):
+  """One ONNX Conv per convolution of the model: jax2onnx converts every trace it is given, so a
+  serving function called once per output would hold the network (and NMS) once per output."""
+  import onnx  # pylint: disable=g-import-not-at-top
+
+  config, root, info = exported
+  graph = onnx.load(str(root / "artifact" / info["formats"]["onnx"]["files"][0])).graph
+  model = models.create_model(config, nnx.Rngs(0))
+  convolutions = sum(isinstance(node, nnx.Conv) for _, node in nnx.iter_graph(model))
+  assert sum(node.op_type == "Conv" for node in graph.node) == convolutions > 0
+  assert sum(node.op_type == "Loop" for node in graph.node) == 1  # the NMS
 
 
 def test_metadata(exported):
