@@ -3,6 +3,7 @@ non-finite losses and two processes under jax.distributed."""
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -143,8 +144,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
   process = subprocess.Popen(command(workdir, data_dir, "--config.train.num_steps=100000",
                                      "--config.train.checkpoint_every=1000"),
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.monotonic() + 120
-  while "step " not in open(os.path.join(workdir, "log.txt")).read() if os.path.exists(os.path.join(workdir, "log.txt")) else True:
+  deadline, log = time.monotonic() + 120, os.path.join(workdir, "log.txt")
+  # A progress line ("step 1/100000  loss ..."), so the signal arrives while training runs, not
+  # during start-up ("compiling the train step; the first step (step 1) ..."), when the first
+  # chance to save comes after compilation.
+  while not (os.path.exists(log) and re.search(r"step \d+/\d+ ", open(log).read())):
     assert process.poll() is None and time.monotonic() < deadline
     time.sleep(0.2)
   sent = time.monotonic()
