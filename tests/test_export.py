@@ -57,7 +57,6 @@ run = lambda images: dict(zip(NAMES, session.run(list(NAMES), {"images": images}
 """,
     "savedmodel": """
 import tensorflow as tf
-from flax import nnx
 serve = tf.saved_model.load(path).signatures["serving_default"]
 def run(images):  # its input is one S x S image
   outs = [serve(images=tf.constant(image[None])) for image in images]
