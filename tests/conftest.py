@@ -1,7 +1,14 @@
 """Shared test fixtures: random boxes and the SSD300 priors."""
 
+import importlib.util
 import os
 import sys
+
+# torch (the `convert` extra) before jax and TF, where it is installed: imported after them,
+# torch 2.14.1's triton import segfaults, which kills collection of test_convert_parity.py.
+if importlib.util.find_spec("torch") is not None:
+  import torch  # noqa: F401  pylint: disable=unused-import
+  import torchvision.models.detection  # noqa: F401  pylint: disable=unused-import
 
 import numpy as np
 import pytest
