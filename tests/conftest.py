@@ -4,12 +4,6 @@ import importlib.util
 import os
 import sys
 
-# torch (the `convert` extra) before jax and TF, where it is installed: imported after them,
-# torch 2.14.1's triton import segfaults, which kills collection of test_convert_parity.py.
-if importlib.util.find_spec("torch") is not None:
-  import torch  # noqa: F401  pylint: disable=unused-import
-  import torchvision.models.detection  # noqa: F401  pylint: disable=unused-import
-
 import numpy as np
 import pytest
 
@@ -18,6 +12,16 @@ sys.path.insert(0, os.path.dirname(__file__))  # lets tests import np_reference
 from ssd_jax import config_utils, priors  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+
+
+def pytest_configure(config):  # pylint: disable=unused-argument
+  """Where torch is installed (the `convert` extra), imports it before the test modules import
+  jax and TF: imported after them, torch 2.14.1's triton import segfaults and kills collection
+  of test_convert_parity.py. A hook, not a module-level import, because the benchmarks import
+  this module (through test_train_step) after jax."""
+  if importlib.util.find_spec("torch") is not None:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import torchvision.models.detection  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
 
 def random_boxes(rng: np.random.Generator, n: int, min_size: float = 0.02) -> np.ndarray:
