@@ -49,7 +49,6 @@ import numpy as np
 
 from ssd_jax import postprocess, preprocess, priors
 from ssd_jax.config_utils import ConfigError
-from ssd_jax.data import sources
 from ssd_jax.inference import Detector, detect_images
 
 FORMATS = ("jax", "onnx", "savedmodel", "tflite")
@@ -396,6 +395,15 @@ def _check_images(image_size: int) -> np.ndarray:
                                            np.uint8)
 
 
+def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The config's class names; the dataset's (tfds, json) through the input pipeline's sources
+  only when the config defers to them, so that the jax format is written without TensorFlow."""
+  if config.data.class_names is not None:
+    return tuple(config.data.class_names)
+  from ssd_jax.data import sources  # pylint: disable=g-import-not-at-top  (imports TF)
+  return sources.class_names(config)
+
+
 def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str,
                     step: int | None = None, formats: Sequence[str] = ("jax",),
                     platforms: Sequence[str] = DEFAULT_PLATFORMS,
@@ -453,7 +461,7 @@ def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str
         written[name] = [FILES[name]] + ([FILES["tflite_int8"]] if name == "tflite" else [])
       else:
         skipped[name] = reason
-  info = metadata(config, detector.step, sources.class_names(config), exported, written, skipped)
+  info = metadata(config, detector.step, _class_names(config), exported, written, skipped)
   with open(os.path.join(output, METADATA_FILE), "w") as f:
     json.dump(info, f, indent=2)
   logging.info("exported step %d of %s to %s: %s%s", detector.step, workdir, output,

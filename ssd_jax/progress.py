@@ -1,4 +1,9 @@
-"""Progress lines, TensorBoard scalars, and the summaries that open and close each mode."""
+"""Progress lines, TensorBoard scalars, and the summaries that open and close each mode.
+
+Scalars are written with the ``tensorboard`` package alone (its event-file writer and scalar
+protos, the format ``tf.summary.scalar`` writes), so that training runs where TensorFlow is not
+installed (an accelerator image): TF is for the input pipeline only.
+"""
 
 import json
 import logging
@@ -8,9 +13,11 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from flax import nnx
 from jax.sharding import Mesh
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.scalar import summary_v2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 SCALARS = ("loss", "loc_loss", "conf_loss", "learning_rate", "grad_norm", "param_norm", "num_pos")
 
@@ -98,7 +105,7 @@ class Progress:
   def __init__(self, workdir: str, total_steps: int, global_batch: int, every_seconds: float,
                start_step: int, eta_after_steps: int = 3):
     self.total_steps, self.global_batch, self.every = total_steps, global_batch, every_seconds
-    self.writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
+    self.writer = EventFileWriter(workdir) if jax.process_index() == 0 else None
     self.start_time, self.start_step = time.monotonic(), start_step
     self.last_time, self.last_step = self.start_time, start_step
     self.timed_from: tuple[float, int] | None = None  # (time, step) at the end of the first step
@@ -133,9 +140,10 @@ class Progress:
   def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
     if self.writer is None:
       return
-    with self.writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.scalar(f"{prefix}/{name}", value, step=step)
+    now = time.time()
+    for name, value in scalars.items():
+      summary = summary_v2.scalar_pb(f"{prefix}/{name}", float(value))
+      self.writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
     self.writer.flush()
 
 

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from ssd_jax import checkpoint, data, models, optimizer, parallel, priors, progress
+from ssd_jax import checkpoint, models, optimizer, parallel, priors, progress
 from ssd_jax import train_step as step_lib
 from ssd_jax.config_utils import ConfigError
 
@@ -43,6 +43,8 @@ class Bundle:
   priors: np.ndarray  # [P, 4] cxcywh
 
 
+# The host batches of the steps after ``start_step``, given ``start_step``.
+InputFn = Callable[[int], Iterator[step_lib.Batch]]
 EvaluateFn = Callable[[step_lib.TrainState, int], dict[str, float]]
 # Builds the periodic evaluation once, from the run's bundle (e.g. ``evaluate.periodic``).
 MakeEvaluateFn = Callable[[Bundle], EvaluateFn]
@@ -201,13 +203,24 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
   return graphdef, state, tx, schedule
 
 
+def pipeline_input(config: ml_collections.ConfigDict) -> InputFn:
+  """The tf.data pipeline's training batches. Its source is opened here, so that a missing
+  dataset is reported before any model is built; TF is imported here only, so that the loop
+  runs without it on batches from elsewhere (``train_and_evaluate``'s ``input_fn``)."""
+  from ssd_jax import data  # pylint: disable=g-import-not-at-top
+  source = data.make_source(config, "train")
+  return lambda start_step: data.train_iterator(config, start_step, source)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       make_evaluate: MakeEvaluateFn | None = None) -> step_lib.TrainState:
+                       make_evaluate: MakeEvaluateFn | None = None,
+                       input_fn: InputFn | None = None) -> step_lib.TrainState:
   """Trains ``config`` in ``workdir`` (resuming there) and returns the final train state.
 
   ``make_evaluate(bundle)``, when given, is called once and returns ``evaluate(state, step)``,
   which runs every ``config.train.eval_every`` steps and at the end; its metrics are logged and
-  written to TensorBoard.
+  written to TensorBoard. ``input_fn`` gives the batches (default: ``pipeline_input(config)``;
+  the benchmarks pass batches held in memory).
   """
   check_init_from(config)  # a missing backbone file stops here, before anything is built
 
@@ -220,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       "more steps")
 
   # Input: the source first, so that a missing dataset is reported before any model is built.
-  source = data.make_source(config, "train")
+  if input_fn is None:
+    input_fn = pipeline_input(config)
 
   # Model and optimiser.
   graphdef, state, tx, schedule = initial_state(config, mesh)
@@ -236,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = config.train.num_steps
 
   batches: Iterator[step_lib.Batch] = parallel.device_batches(
-      data.train_iterator(config, start_step, source), mesh, config.data.device_prefetch)
+      input_fn(start_step), mesh, config.data.device_prefetch)
 
   step_fn = step_lib.jit_train_step(mesh, state, graphdef=bundle.graphdef, tx=bundle.tx,
                                     schedule=bundle.schedule, priors=bundle.priors,

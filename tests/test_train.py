@@ -68,14 +68,15 @@ def test_nonfinite_loss_stops_without_saving_it(data_dir, tmp_path):
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(restored[0].params)))
 
 
-def _poison(monkeypatch, bad_steps):
-  """Makes the images of training steps ``bad_steps`` (1-based) NaN: a non-finite loss there."""
-  real = train.data.train_iterator
+def _poisoned(config, bad_steps) -> train.InputFn:
+  """The pipeline's batches with the images of training steps ``bad_steps`` (1-based) NaN: a
+  non-finite loss there."""
+  real = train.pipeline_input(config)
 
-  def iterator(config, start_step=0, source=None):
-    for step, batch in enumerate(real(config, start_step, source), start=start_step + 1):
+  def input_fn(start_step):
+    for step, batch in enumerate(real(start_step), start=start_step + 1):
       yield dict(batch, image=np.full_like(batch["image"], np.nan)) if step in bad_steps else batch
-  monkeypatch.setattr(train.data, "train_iterator", iterator)
+  return input_fn
 
 
 def _restore_latest(config, workdir):
@@ -86,23 +87,21 @@ def _restore_latest(config, workdir):
   return state, meta
 
 
-def test_nonfinite_step_between_logs_is_caught_before_the_next_checkpoint(data_dir, tmp_path,
-                                                                         monkeypatch):
-  _poison(monkeypatch, {7})  # no log line is due at step 7 (nor at 5 and 6)
+def test_nonfinite_step_between_logs_is_caught_before_the_next_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir, num_steps=8, checkpoint_every=4, log_every_seconds=1e9)
   with pytest.raises(train.NonFiniteLossError,
                      match=r"at step 7 \(loss nan\).*Last good checkpoint: step 4 in "):
-    train.train_and_evaluate(config, str(tmp_path))
+    # No log line is due at step 7 (nor at 5 and 6).
+    train.train_and_evaluate(config, str(tmp_path), input_fn=_poisoned(config, {7}))
   assert checkpoint_steps(tmp_path) == [4], "step 8 followed a non-finite step: never saved"
   state, meta = _restore_latest(config, tmp_path)
   assert int(state.step) == meta["step"] == 4
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
 
 
-def test_skip_nonfinite_drops_the_bad_update_and_trains_on(data_dir, tmp_path, monkeypatch):
-  _poison(monkeypatch, {3})
+def test_skip_nonfinite_drops_the_bad_update_and_trains_on(data_dir, tmp_path):
   config = tiny_config(data_dir, num_steps=4, checkpoint_every=4, skip_nonfinite=True)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = train.train_and_evaluate(config, str(tmp_path), input_fn=_poisoned(config, {3}))
   assert int(state.step) == 4 and checkpoint_steps(tmp_path) == [4]
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
 
