@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
@@ -30,13 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import config_utils, export, parallel, xla_flags
+from ssd_jax import config_utils, export, parallel, train_step, xla_flags
 
 import bench_loop  # experiments/, beside this script
 import bench_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import test_train_step as fixtures  # noqa: E402  (the tests' fixed batch and step factory)
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 MODELS = (("SSD300-VGG16", "ssd300.py"), ("SSD300-ResNet34", "ssd300_resnet34.py"))
@@ -57,8 +54,9 @@ def _out_of_memory(error: Exception) -> bool:
 def step_memory(config) -> tuple[float, float]:
   """(bytes that grow with the batch, bytes that do not) of the compiled train step, from XLA's
   memory analysis: temporaries scale with the batch, the state (arguments, outputs) does not."""
-  mesh, state, step = fixtures.make_step(config)
-  batch = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+  mesh = parallel.create_mesh(config)
+  _, state, step = train_step.make_step(config, mesh)
+  batch = parallel.global_batch(train_step.synthetic_batch(config), mesh)
   analysis = step.lower(state, batch).compile().memory_analysis()
   fixed = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
   return float(analysis.temp_size_in_bytes), float(fixed)
@@ -80,8 +78,9 @@ def train_images_per_second(file: str, width: float, batch: int, steps: int) -> 
   while True:
     config = model_config(file, batch, width)
     try:
-      mesh, state, step = fixtures.make_step(config)
-      data = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+      mesh = parallel.create_mesh(config)
+      _, state, step = train_step.make_step(config, mesh)
+      data = parallel.global_batch(train_step.synthetic_batch(config), mesh)
       for _ in range(2):  # compilation, then one step with every buffer allocated
         state, _ = step(state, data)
       jax.block_until_ready(state)

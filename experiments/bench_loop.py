@@ -26,7 +26,6 @@ import itertools
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 
@@ -34,10 +33,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssd_jax import checkpoint, config_utils, data, parallel, train, xla_flags
+from ssd_jax import checkpoint, config_utils, data, parallel, train, train_step, xla_flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import test_train_step as fixtures  # noqa: E402  (the tests' step factory)
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -53,7 +50,8 @@ def quickstart_config(variant: str, data_dir: str, num_steps: int,
 
 def bare_images_per_second(config, steps: int, distinct: int = 8) -> float:
   """Images/s of the jitted step on ``distinct`` pipeline batches (cycled) already on the device."""
-  mesh, state, step = fixtures.make_step(config)
+  mesh = parallel.create_mesh(config)
+  _, state, step = train_step.make_step(config, mesh)
   batches = [parallel.global_batch(batch, mesh)
              for batch in itertools.islice(data.train_iterator(config), distinct)]
   for batch in batches[:2]:  # compilation

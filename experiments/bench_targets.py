@@ -10,8 +10,8 @@ same run:
 - for the mining step, the argsort-of-argsort selection the reference ports use, in jitted JAX,
   next to our bisection top-k.
 
-With ``--step_batch B`` it also times an SSD300-VGG16 train step at batch B (the tests' fixed
-batch, as bench_train does) and prints each rule's matching on the first B images of the workload
+With ``--step_batch B`` it also times an SSD300-VGG16 train step at batch B (on
+``train_step.synthetic_batch``, as bench_train does) and prints each rule's matching on the first B images of the workload
 as a share of that step.
 
 Run: python experiments/bench_targets.py [--repeats 20] [--step_batch 8]
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import config_utils, losses, matching, parallel, priors
+from ssd_jax import config_utils, losses, matching, parallel, priors, train_step
 
 import timing  # experiments/timing.py, beside this script
 
@@ -145,13 +145,11 @@ def main():
 
 def step_share(config, batch_size, gt, labels, mask, prior_boxes, jax_match, repeats):
   """Prints an SSD300 train step's seconds and each matching rule's share of it."""
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-  import test_train_step as fixtures  # the tests' fixed batch and step factory
-
   config = config.copy_and_resolve_references()
   config.data.batch_size = batch_size
-  mesh, state, step = fixtures.make_step(config)
-  batch = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+  mesh = parallel.create_mesh(config)
+  _, state, step = train_step.make_step(config, mesh)
+  batch = parallel.global_batch(train_step.synthetic_batch(config), mesh)
   holder = {"state": state}
 
   def run():

@@ -28,13 +28,11 @@ xla_flags.apply("train")  # before JAX starts: XLA reads XLA_FLAGS once
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssd_jax import config_utils, losses, matching, parallel, priors  # noqa: E402
+from ssd_jax import config_utils, losses, matching, parallel, priors, train_step  # noqa: E402
 
 import bench_model  # noqa: E402  (experiments/bench_model.py: the matmul peak)
 import timing  # noqa: E402  (experiments/timing.py, beside this script)
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import test_train_step as fixtures  # noqa: E402  (the tests' tiny batch builder and step factory)
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -43,8 +41,9 @@ def ours(config_name: str, batch_size: int, steps: int, variant=None):
   """(seconds per train step, FLOPs per step, config) of our jitted step on a fixed batch."""
   config = config_utils.load_config(os.path.join(CONFIGS, config_name), variant)
   config.data.batch_size = batch_size
-  mesh, state, step = fixtures.make_step(config)
-  batch = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+  mesh = parallel.create_mesh(config)
+  _, state, step = train_step.make_step(config, mesh)
+  batch = parallel.global_batch(train_step.synthetic_batch(config), mesh)
   compiled = step.lower(state, batch).compile()  # compiled once, for the FLOPs and the timing
   flops = compiled.cost_analysis()["flops"]
   holder = {"state": state}
@@ -58,7 +57,7 @@ def ours(config_name: str, batch_size: int, steps: int, variant=None):
 def targets_and_loss_time(config, steps: int) -> float:
   """Seconds of matching + encoding + loss alone, on tensors of the model's output shapes."""
   prior_boxes = priors.from_config(config)
-  batch = fixtures.fixed_batch(config)
+  batch = train_step.synthetic_batch(config)
   rng = np.random.default_rng(0)
   shape = (config.data.batch_size, len(prior_boxes))
   loc = rng.normal(size=shape + (4,)).astype(np.float32)

@@ -1,7 +1,7 @@
 """Check: SSD300-VGG16 trains the same with ``layers.tile_max`` as with ``lax.reduce_window`` pools.
 
-Runs three jitted train steps of SSD300-VGG16 (random weights, the tests' fixed batch) twice from
-the same state: once with the 2x2 pools as ``layers.tile_max`` (the default), once with
+Runs three jitted train steps of SSD300-VGG16 (random weights, ``train_step.synthetic_batch``)
+twice from the same state: once with the 2x2 pools as ``layers.tile_max`` (the default), once with
 ``tile_max`` replaced by the ``lax.reduce_window`` max (select-and-scatter gradient) it stands for,
 and prints both losses per step and their largest difference. Issue 15 asks for 1e-5.
 
@@ -20,11 +20,9 @@ xla_flags.apply("train")  # before JAX starts: XLA reads XLA_FLAGS once
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssd_jax import config_utils, parallel  # noqa: E402
+from ssd_jax import config_utils, parallel, train_step  # noqa: E402
 from ssd_jax.models import layers  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import test_train_step as fixtures  # noqa: E402  (the tests' tiny batch builder and step factory)
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "ssd300.py")
 
@@ -38,8 +36,9 @@ def losses(batch_size: int, steps: int) -> list[float]:
   """Losses of ``steps`` train steps of SSD300 on the fixed batch, from the seed-0 state."""
   config = config_utils.load_config(CONFIG)
   config.data.batch_size = batch_size
-  mesh, state, step = fixtures.make_step(config)
-  batch = parallel.global_batch(fixtures.fixed_batch(config), mesh)
+  mesh = parallel.create_mesh(config)
+  _, state, step = train_step.make_step(config, mesh)
+  batch = parallel.global_batch(train_step.synthetic_batch(config), mesh)
   values = []
   for _ in range(steps):
     state, metrics = step(state, batch)

@@ -13,7 +13,6 @@ or evaluation could see it. Checkpoints are written in the background (``checkpo
 """
 
 import collections
-import dataclasses
 import logging
 import os
 import signal
@@ -23,26 +22,15 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from ssd_jax import checkpoint, models, optimizer, parallel, priors, progress
+from ssd_jax import checkpoint, models, parallel, progress
 from ssd_jax import train_step as step_lib
 from ssd_jax.config_utils import ConfigError
 
 
-@dataclasses.dataclass(frozen=True)
-class Bundle:
-  """What a run builds once from its config, for the train step and the periodic evaluation."""
-  mesh: Mesh
-  graphdef: nnx.GraphDef  # the model's graph in training mode
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  priors: np.ndarray  # [P, 4] cxcywh
-
-
+Bundle = step_lib.Bundle  # what the periodic evaluation is built from (``MakeEvaluateFn``)
 # The host batches of the steps after ``start_step``, given ``start_step``.
 InputFn = Callable[[int], Iterator[step_lib.Batch]]
 EvaluateFn = Callable[[step_lib.TrainState, int], dict[str, float]]
@@ -194,13 +182,10 @@ def initial_model(config: ml_collections.ConfigDict) -> models.SSD:
   return model
 
 
-def initial_state(config: ml_collections.ConfigDict, mesh) -> tuple:
-  """(graphdef, replicated fresh state, tx, schedule) of ``config``'s model and optimiser."""
-  model = initial_model(config)
-  tx, schedule = optimizer.create_optimizer(config)
-  graphdef, state = step_lib.create_train_state(model, tx)
-  state = jax.device_put(state, parallel.replicated(mesh))
-  return graphdef, state, tx, schedule
+def initial_state(config: ml_collections.ConfigDict, mesh: Mesh,
+                  ) -> tuple[Bundle, step_lib.TrainState, step_lib.StepFn]:
+  """``train_step.make_step`` of ``config``'s initial model (``initial_model``: ``init_from``)."""
+  return step_lib.make_step(config, mesh, initial_model(config))
 
 
 def pipeline_input(config: ml_collections.ConfigDict) -> InputFn:
@@ -236,9 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if input_fn is None:
     input_fn = pipeline_input(config)
 
-  # Model and optimiser.
-  graphdef, state, tx, schedule = initial_state(config, mesh)
-  bundle = Bundle(mesh, graphdef, tx, schedule, priors.from_config(config))
+  # Model, optimiser and step (compiled at its first call).
+  bundle, state, step_fn = initial_state(config, mesh)
   progress.log_startup(state.params, mesh, config.data.batch_size)
 
   # Restore.
@@ -252,9 +236,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches: Iterator[step_lib.Batch] = parallel.device_batches(
       input_fn(start_step), mesh, config.data.device_prefetch)
 
-  step_fn = step_lib.jit_train_step(mesh, state, graphdef=bundle.graphdef, tx=bundle.tx,
-                                    schedule=bundle.schedule, priors=bundle.priors,
-                                    options=step_lib.StepOptions.from_config(config))
   evaluate = make_evaluate(bundle) if make_evaluate is not None else None
   report = progress.Progress(workdir, total_steps, config.data.batch_size,
                              config.train.log_every_seconds, start_step)

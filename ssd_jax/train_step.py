@@ -4,7 +4,9 @@
 ground truth against the priors (vmapped, on the device), MultiBox loss, gradients and the optax
 update. It is jitted once with the batch sharded on the mesh's ``data`` axis, the state
 replicated and donated. It reads no ConfigDict: the few config values it needs come as one
-frozen ``StepOptions``.
+frozen ``StepOptions``. ``make_step(config, mesh)`` builds all of it from a config, for the
+training loop, the tests and the benchmarks alike; ``synthetic_batch`` is a learnable batch for
+running the step without an input pipeline.
 """
 
 import dataclasses
@@ -20,10 +22,20 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from ssd_jax import losses, matching, parallel
+from ssd_jax import losses, matching, models, optimizer, parallel, priors as priors_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+  """What a run builds once from its config, for the train step and the periodic evaluation."""
+  mesh: Mesh
+  graphdef: nnx.GraphDef  # the model's graph in training mode
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  priors: np.ndarray  # [P, 4] cxcywh
 
 
 @flax.struct.dataclass
@@ -120,3 +132,45 @@ def jit_train_step(mesh: Mesh, state: TrainState, **kwargs) -> StepFn:
   return jax.jit(functools.partial(train_step, **kwargs),
                  in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def make_step(config: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module | None = None,
+              ) -> tuple[Bundle, TrainState, StepFn]:
+  """(bundle, fresh state replicated on ``mesh``, the jitted step) of ``config``'s model,
+  optimiser (``config.optimizer``), priors and step options.
+
+  ``model`` defaults to ``config``'s model initialised with ``config.train.seed`` (the training
+  loop passes its own, e.g. with ``init_from`` weights). Nothing compiles until the first call.
+  """
+  if model is None:
+    model = models.create_model(config, nnx.Rngs(config.train.seed))
+  tx, schedule = optimizer.create_optimizer(config)
+  graphdef, state = create_train_state(model, tx)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  bundle = Bundle(mesh, graphdef, tx, schedule, priors_lib.from_config(config))
+  step = jit_train_step(mesh, state, graphdef=graphdef, tx=tx, schedule=schedule,
+                        priors=bundle.priors, options=StepOptions.from_config(config))
+  return bundle, state, step
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+  """A learnable global batch in the step's format, without the input pipeline: dark noise images
+  [B, S, S, 3] float32 with two bright squares each (class 1 in the red channel, class 2 in the
+  green), their boxes [B, G, 4] xyxy in [0, 1], labels [B, G] and mask [B, G]
+  (B = config.data.batch_size, S = config.model.image_size, G = config.data.max_boxes >= 2).
+  The loss on it must fall within a few dozen steps; a function of ``seed`` only."""
+  rng = np.random.default_rng(seed)
+  size, batch = config.model.image_size, config.data.batch_size
+  images = rng.uniform(0, 0.2, (batch, size, size, 3)).astype(np.float32)
+  boxes = np.zeros((batch, config.data.max_boxes, 4), np.float32)
+  labels = np.zeros((batch, config.data.max_boxes), np.int32)
+  mask = np.zeros((batch, config.data.max_boxes), bool)
+  for b in range(batch):
+    for g in range(2):
+      x0, y0 = rng.uniform(0, 0.5, 2)
+      side = rng.uniform(0.3, 0.5)
+      boxes[b, g] = [x0, y0, x0 + side, y0 + side]
+      labels[b, g], mask[b, g] = g + 1, True
+      px = (boxes[b, g] * size).astype(int)
+      images[b, px[1]:px[3], px[0]:px[2], g] = 1.0
+  return {"image": images, "boxes": boxes, "labels": labels, "mask": mask}

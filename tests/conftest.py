@@ -17,8 +17,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
 def pytest_configure(config):  # pylint: disable=unused-argument
   """Where torch is installed (the `convert` extra), imports it before the test modules import
   jax and TF: imported after them, torch 2.14.1's triton import segfaults and kills collection
-  of test_convert_parity.py. A hook, not a module-level import, because the benchmarks import
-  this module (through test_train_step) after jax."""
+  of test_convert_parity.py. A hook, not a module-level import, so that scripts importing a
+  test module after jax (tests/distributed_worker.py) do not import torch after it."""
   if importlib.util.find_spec("torch") is not None:
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     import torchvision.models.detection  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import

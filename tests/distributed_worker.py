@@ -14,10 +14,12 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 
 import test_train_step as t  # noqa: E402  (after distributed start-up, which must come first)
 from ssd_jax import parallel  # noqa: E402
+from ssd_jax import train_step as step_lib  # noqa: E402
 
 config = t.tiny_config(batch_size=8)
-mesh, state, step = t.make_step(config)
-full = t.fixed_batch(config)
+mesh = parallel.create_mesh(config)
+_, state, step = step_lib.make_step(config, mesh)
+full = step_lib.synthetic_batch(config)
 per_process = config.data.batch_size // jax.process_count()
 rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 for _ in range(2):

@@ -90,7 +90,7 @@ def tiny_config():
 
 def save_initial_checkpoint(config, workdir: str) -> None:
   """A step-0 checkpoint of the tiny model, written as training writes its checkpoints."""
-  _, state, _, _ = train.initial_state(config, parallel.create_mesh(config))
+  _, state, _ = train.initial_state(config, parallel.create_mesh(config))
   manager = checkpoint.create_manager(workdir, keep=1)
   checkpoint.save(manager, state, {"step": 0})
   manager.close()

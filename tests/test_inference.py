@@ -13,7 +13,7 @@ from ssd_jax.inference import Detector
 def test_with_state_keeps_the_compiled_function_and_takes_the_new_variables():
   config = config_utils.load_config(os.path.join(CONFIG_DIR, "quickstart.py"), "tiny")
   mesh = parallel.create_mesh(config)
-  _, state, _, _ = train.initial_state(config, mesh)
+  _, state, _ = train.initial_state(config, mesh)
   later = state.replace(step=state.step + 5,
                         params=jax.tree.map(lambda p: p * 1.5, state.params))
   images = np.random.default_rng(0).normal(

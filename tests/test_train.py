@@ -16,7 +16,7 @@ import pytest
 
 from conftest import CONFIG_DIR
 import test_train_step
-from ssd_jax import config_utils, parallel, train
+from ssd_jax import config_utils, parallel, train, train_step
 
 REPO = os.path.dirname(CONFIG_DIR)
 TINY = os.path.join(CONFIG_DIR, "quickstart.py") + ":tiny"
@@ -81,7 +81,7 @@ def _poisoned(config, bad_steps) -> train.InputFn:
 
 def _restore_latest(config, workdir):
   manager = train.checkpoint.create_manager(str(workdir), 3, read_only=True)
-  _, like, _, _ = train.initial_state(config, train.parallel.create_mesh(config))
+  _, like, _ = train.initial_state(config, train.parallel.create_mesh(config))
   state, meta = train.checkpoint.restore(manager, like)
   manager.close()
   return state, meta
@@ -252,9 +252,10 @@ def test_two_processes_give_the_same_loss_as_one():
                                 stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
   # The same two steps on the same global batch in this (single) process, meanwhile.
   config = test_train_step.tiny_config(batch_size=8)
-  mesh, state, step = test_train_step.make_step(config)
+  mesh = parallel.create_mesh(config)
+  _, state, step = train_step.make_step(config, mesh)
   for _ in range(2):
-    state, metrics = step(state, parallel.global_batch(test_train_step.fixed_batch(config), mesh))
+    state, metrics = step(state, parallel.global_batch(train_step.synthetic_batch(config), mesh))
   for process in processes:
     out, err = process.communicate(timeout=300)
     line = [l for l in out.splitlines() if l.startswith("LOSS")]
@@ -270,7 +271,7 @@ def test_init_from_starts_training_from_converted_weights(data_dir, tmp_path):
   path = str(tmp_path / "converted")
   checkpoint.save_weights(path, source)
   config.train.init_from = path
-  _, state, _, _ = train.initial_state(config, parallel.create_mesh(config))
+  _, state, _ = train.initial_state(config, parallel.create_mesh(config))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                jax.device_get(nnx.state(source, nnx.Param)))
 

@@ -6,10 +6,9 @@ import sys
 
 import jax
 import numpy as np
-from flax import nnx
 
 from conftest import CONFIG_DIR
-from ssd_jax import config_utils, models, optimizer, parallel, priors
+from ssd_jax import config_utils, parallel
 from ssd_jax import train_step as step_lib
 
 
@@ -22,40 +21,11 @@ def tiny_config(batch_size=4):
   return config
 
 
-def fixed_batch(config, seed=0):
-  """Images with bright squares where the boxes are: learnable, so the loss must fall."""
-  rng = np.random.default_rng(seed)
-  size, batch = config.model.image_size, config.data.batch_size
-  images = rng.uniform(0, 0.2, (batch, size, size, 3)).astype(np.float32)
-  boxes = np.zeros((batch, config.data.max_boxes, 4), np.float32)
-  labels = np.zeros((batch, config.data.max_boxes), np.int32)
-  mask = np.zeros((batch, config.data.max_boxes), bool)
-  for b in range(batch):
-    for g in range(2):
-      x0, y0 = rng.uniform(0, 0.5, 2)
-      side = rng.uniform(0.3, 0.5)
-      boxes[b, g] = [x0, y0, x0 + side, y0 + side]
-      labels[b, g], mask[b, g] = g + 1, True
-      px = (boxes[b, g] * size).astype(int)
-      images[b, px[1]:px[3], px[0]:px[2], g] = 1.0
-  return {"image": images, "boxes": boxes, "labels": labels, "mask": mask}
-
-
-def make_step(config):
-  mesh = parallel.create_mesh(config)
-  tx, schedule = optimizer.create_optimizer(config)
-  graphdef, state = step_lib.create_train_state(models.create_model(config, nnx.Rngs(0)), tx)
-  state = jax.device_put(state, parallel.replicated(mesh))
-  step = step_lib.jit_train_step(mesh, state, graphdef=graphdef, tx=tx, schedule=schedule,
-                                 priors=priors.from_config(config),
-                                 options=step_lib.StepOptions.from_config(config))
-  return mesh, state, step
-
-
 def test_loss_falls_on_a_fixed_batch_and_the_step_compiles_once():
   config = tiny_config()
-  mesh, state, step = make_step(config)
-  batch = parallel.global_batch(fixed_batch(config), mesh)
+  mesh = parallel.create_mesh(config)
+  _, state, step = step_lib.make_step(config, mesh)
+  batch = parallel.global_batch(step_lib.synthetic_batch(config), mesh)
   losses = []
   for _ in range(40):
     state, metrics = step(state, batch)
@@ -71,8 +41,9 @@ def test_loss_falls_on_a_fixed_batch_and_the_step_compiles_once():
 def test_nonfinite_update_is_skipped_when_configured():
   config = tiny_config()
   config.train.skip_nonfinite = True
-  mesh, state, step = make_step(config)
-  batch = fixed_batch(config)
+  mesh = parallel.create_mesh(config)
+  _, state, step = step_lib.make_step(config, mesh)
+  batch = step_lib.synthetic_batch(config)
   batch["image"][0, 0, 0, 0] = np.nan
   before = jax.device_get(state.params)
   state, metrics = step(state, parallel.global_batch(batch, mesh))
@@ -84,14 +55,16 @@ SHARDED_CHECK = """
 import jax, numpy as np
 import test_train_step as t
 from ssd_jax import parallel
+from ssd_jax import train_step as step_lib
 assert jax.device_count() == 4
 results = []
 for devices in (1, 4):
   config = t.tiny_config(batch_size=8)
   config.mesh.data_devices = devices
-  mesh, state, step = t.make_step(config)
+  mesh = parallel.create_mesh(config)
+  _, state, step = step_lib.make_step(config, mesh)
   for seed in range(2):
-    state, metrics = step(state, parallel.global_batch(t.fixed_batch(config, seed), mesh))
+    state, metrics = step(state, parallel.global_batch(step_lib.synthetic_batch(config, seed), mesh))
   results.append((float(metrics["loss"]), jax.device_get(state.params)))
 np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
 jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), results[0][1], results[1][1])
@@ -112,9 +85,10 @@ def test_batchnorm_statistics_are_trained_by_the_step():
   config.model.width = 0.125
   config.data.batch_size = 2
   config.data.max_boxes = 4
-  mesh, state, step = make_step(config)
+  mesh = parallel.create_mesh(config)
+  _, state, step = step_lib.make_step(config, mesh)
   before = jax.device_get(state.model_state)
-  state, metrics = step(state, parallel.global_batch(fixed_batch(config), mesh))
+  state, metrics = step(state, parallel.global_batch(step_lib.synthetic_batch(config), mesh))
   assert bool(metrics["finite"])
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before,
                          jax.device_get(state.model_state))
