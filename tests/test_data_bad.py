@@ -3,6 +3,7 @@
 import io
 import itertools
 import os
+import re
 
 import numpy as np
 import pytest
@@ -50,18 +51,38 @@ def _bad_voc(root: str) -> None:
     f.write(helpers.jpeg_bytes(fmt="PNG"))
 
 
-_INDEX_PROBLEMS = {  # reason -> id of the file it names
-    "no objects to train on, image skipped for training": "no_objects",
-    "box with x_min >= x_max or y_min >= y_max, object dropped": "inverted",
-    "box leaves the image, clipped": "outside",
-    "box outside the image, object dropped": "outside",
-    "unknown class name, object dropped": "unknown_class",
-    "unsafe XML (entities or external references), image skipped": "billion_laughs",
-    "unreadable or malformed XML, image skipped": "malformed_xml",
-    "image file missing, image skipped": "missing_image",
+# reason -> (the file its report names, what it says of the offending value).
+_INDEX_PROBLEMS = {
+    "no objects to train on, image skipped for training": ("Annotations/no_objects.xml", ""),
+    "box with x_min >= x_max or y_min >= y_max, object dropped": (
+        "Annotations/inverted.xml", "1 box(es): xyxy [50, 10, 40, 30]"),
+    "box leaves the image, clipped": ("Annotations/outside.xml", "1 box(es): xyxy [60, -5, 100, 30]"),
+    "box outside the image, object dropped": ("Annotations/outside.xml",
+                                              "1 box(es): xyxy [85, 10, 99, 20]"),
+    "unknown class name, object dropped": ("Annotations/unknown_class.xml", "'unicorn'"),
+    "unsafe XML (entities or external references), image skipped": (
+        "Annotations/billion_laughs.xml", "EntitiesForbidden"),
+    "unreadable or malformed XML, image skipped": ("Annotations/malformed_xml.xml",
+                                                   "no element found: line 1"),
+    "image file missing, image skipped": ("Annotations/missing_image.xml",
+                                          "JPEGImages/missing_image.jpg"),
 }
-_RUNTIME_PROBLEMS = {"not a JPEG, PNG, GIF or BMP image, skipped": "corrupt",
+_RUNTIME_PROBLEMS = {"not a JPEG, PNG, GIF or BMP image, skipped": "corrupt",  # reason -> image id
                      "truncated image, skipped": "truncated"}
+
+
+def report(caplog, reason: str) -> str:
+  """The one warning logged for ``reason`` ("ssd_jax.data: FILE: REASON (DETAIL)")."""
+  (message,) = {r.getMessage() for r in caplog.records if f": {reason}" in r.getMessage()}
+  return message
+
+
+def check_report(caplog, reason: str, file: str, value: str) -> None:
+  """The warning for ``reason`` names ``file`` (a path ending so) and ``value``."""
+  message = report(caplog, reason)
+  assert re.search(rf"ssd_jax\.data: \S*{re.escape(file)}: {re.escape(reason)}", message), message
+  detail = message.split(f": {reason}", 1)[1]  # " (...)" after the reason, or nothing
+  assert value in detail if value else not detail, message
 _DECODABLE = ["good", "gray", "cmyk", "png_named_jpg", "inverted", "outside", "unknown_class",
               "real_png"]
 
@@ -78,15 +99,15 @@ def test_index_time_problems_are_reported_with_their_file(config, caplog):
   with caplog.at_level("WARNING"):
     source = data.make_source(config, "train", 0, 1)
   counts = source.problems.counts()
-  for reason, image_id in _INDEX_PROBLEMS.items():
-    assert reason in counts, reason
-    assert any(image_id in r.message and reason in r.message for r in caplog.records), reason
-  assert counts["box outside the image, object dropped"] == (1, 1)
+  for reason, (file, value) in _INDEX_PROBLEMS.items():
+    assert counts[reason] == (1, 1), reason
+    check_report(caplog, reason, file, value)
 
 
-def test_examples_are_repaired_or_marked_invalid(config):
+def test_examples_are_repaired_or_marked_invalid(config, caplog):
   source = data.make_source(config, "train", 0, 1)
-  examples = {e["image_id"].decode(): e for e in data.examples(source).as_numpy_iterator()}
+  with caplog.at_level("WARNING"):
+    examples = {e["image_id"].decode(): e for e in data.examples(source).as_numpy_iterator()}
   assert sorted(examples) == sorted(_DECODABLE + list(_RUNTIME_PROBLEMS.values()))
   for image_id in _DECODABLE:
     example = examples[image_id]
@@ -102,6 +123,7 @@ def test_examples_are_repaired_or_marked_invalid(config):
   counts = source.problems.counts()
   for reason, image_id in _RUNTIME_PROBLEMS.items():
     assert counts[reason] == (1, 1), reason
+    check_report(caplog, reason, f"JPEGImages/{image_id}.jpg", "")  # the file is what is bad
 
 
 def test_training_and_evaluation_run_through_bad_data(config, caplog):
@@ -121,13 +143,24 @@ def test_training_and_evaluation_run_through_bad_data(config, caplog):
 def test_strict_mode_raises_naming_the_file(config, tmp_path):
   strict = config.copy_and_resolve_references()
   strict.data.on_bad_data = "error"
-  with pytest.raises(data.BadDataError, match="on_bad_data"):
+  # The first problem in the image list's order; evaluation keeps images without objects.
+  with pytest.raises(data.BadDataError) as error:
     data.make_source(strict, "eval", 0, 1)
+  assert str(error.value) == (
+      f"{config.data.data_dir}/VOCbad/Annotations/inverted.xml: box with x_min >= x_max or "
+      "y_min >= y_max, object dropped (1 box(es): xyxy [50, 10, 40, 30]); set "
+      "config.data.on_bad_data = 'skip' to repair or skip")
+  # Found inside tf.data while decoding: the same one-line error, not TF's wrapped traceback.
   helpers.write_voc(str(tmp_path / "VOCtrunc"), {"t": (_JPEG[:300], helpers.voc_xml(_CAT))},
                     {"all": ["t"]})
   strict.data.update(data_dir=str(tmp_path), eval_splits=(("VOCtrunc", "all"),))
-  with pytest.raises(Exception, match=r"t\.jpg: truncated image"):
+  with pytest.raises(data.BadDataError) as error:
     list(data.eval_iterator(strict))
+  assert str(error.value) == (f"{tmp_path}/VOCtrunc/JPEGImages/t.jpg: truncated image, skipped; "
+                              "set config.data.on_bad_data = 'skip' to repair or skip")
+  strict.data.update(train_splits=(("VOCtrunc", "all"),))
+  with pytest.raises(data.BadDataError, match=r"^\S*/VOCtrunc/JPEGImages/t\.jpg: truncated image"):
+    next(data.train_iterator(strict))
 
 
 def test_coco_json_bad_entries(tmp_path, caplog):
@@ -153,17 +186,27 @@ def test_coco_json_bad_entries(tmp_path, caplog):
   examples = {e["image_id"]: e for e in data.examples(source).as_numpy_iterator()}
   assert sorted(examples) == [1, 5, 6]
   np.testing.assert_allclose(examples[6]["boxes"], [[70 / 80, 50 / 60, 1, 1]], atol=1e-6)
-  counts = source.problems.counts()
-  for reason, (files, _) in {"file_name points outside the image folder, image skipped": (2, 0),
-                             "image file missing, image skipped": (1, 0),
-                             "annotation of a category id the json does not declare, dropped":
-                                 (1, 0),
-                             "non-finite box coordinates, object dropped": (1, 0),
-                             "box with x_min >= x_max or y_min >= y_max, object dropped": (1, 0),
-                             "box leaves the image, clipped": (1, 0),
-                             "annotation of an unknown image id, dropped": (1, 0)}.items():
-    assert counts[reason][0] == files, reason
-  assert "../outside.jpg" in caplog.text and "/etc/hostname" in caplog.text
+  json_path, folder = tmp_path / "train.json", tmp_path / "images"
+  # reason -> [(the image's file_name or None for the json alone, the offending value)]
+  expected = {
+      "file_name points outside the image folder, image skipped": [
+          ("../outside.jpg", f"image folder {folder}"), ("/etc/hostname", f"image folder {folder}")],
+      "image file missing, image skipped": [("missing.jpg", f"{folder}/missing.jpg")],
+      "annotation of a category id the json does not declare, dropped": [
+          ("good.jpg", "category_id 77")],
+      "non-finite box coordinates, object dropped": [("bad_boxes.jpg", "1 box(es): bbox 'oops'")],
+      "box with x_min >= x_max or y_min >= y_max, object dropped": [
+          ("bad_boxes.jpg", "1 box(es): bbox [8, 6, -4, 30]")],
+      "box leaves the image, clipped": [("bad_boxes.jpg", "1 box(es): bbox [70, 50, 20, 20]")],
+      "annotation of an unknown image id, dropped": [(None, "image_id 99")],
+  }
+  assert source.problems.counts() == {reason: (len(places), len(places))
+                                      for reason, places in expected.items()}
+  for reason, places in expected.items():
+    messages = sorted(r.getMessage() for r in caplog.records if f": {reason}" in r.getMessage())
+    wanted = sorted(f"ssd_jax.data: {json_path}{f' ({name})' if name else ''}: {reason} ({value})"
+                    for name, value in places)
+    assert messages == wanted
 
 
 def test_relative_boxes_clips_and_drops():

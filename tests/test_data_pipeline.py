@@ -1,6 +1,7 @@
 """Batching: shapes, padding, determinism, resuming, epochs, evaluation passes, process shards."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -81,15 +82,22 @@ def test_two_datasets_are_interleaved_in_a_random_order(config):
   assert max(epoch[:_NUM_TRAIN]) >= _NUM_TRAIN  # not all of the first dataset first
 
 
-def test_objects_beyond_max_boxes_are_dropped_and_counted(config):
+def test_objects_beyond_max_boxes_are_dropped_and_counted(config, caplog):
   config = config.copy_and_resolve_references()
   config.data.max_boxes = 1
   source = data.make_source(config, "train", 0, 1)
-  batches = _batches(config, count=3, source=source)
+  with caplog.at_level("WARNING"):
+    batches = _batches(config, count=3, source=source)
   assert all(b["mask"].sum(axis=1).max() == 1 for b in batches)
   reason = "more objects than config.data.max_boxes, the extra ones dropped"
   files, objects = source.problems.counts()[reason]
   assert files >= 1 and objects >= files
+  messages = [r.getMessage() for r in caplog.records if reason in r.getMessage()]
+  assert len(messages) == files  # one per image file, naming it and its number of objects
+  for message in messages:
+    found = re.fullmatch(rf"ssd_jax\.data: \S+/JPEGImages/train_\d+\.jpg: {reason} \((\d+)\)",
+                         message)
+    assert found and int(found[1]) > 1, message
 
 
 def test_evaluation_yields_every_example_once_and_pads_the_last_batch(config):

@@ -4,8 +4,9 @@ Pixel boxes are converted to xyxy in [0, 1] here, as ``x / width`` and ``y / hei
 tfds' convention for VOC, so folder and tfds sources agree). Bad annotations are repaired where that
 is obviously right (a box leaving the image is clipped; a declared image size that differs from the
 image's own, which the pipeline decodes, is replaced by it) and otherwise dropped or skipped, each
-reported to ``Problems`` with the file it came from. XML is parsed with defusedxml, which refuses
-entity expansion and external references.
+reported to ``Problems`` with the place it came from (the XML, or the json and the image's
+``file_name``) and the offending value. XML is parsed with defusedxml, which refuses entity
+expansion and external references.
 """
 
 import collections
@@ -46,15 +47,18 @@ def path_inside(folder: str, name: str) -> str | None:
 
 
 def relative_boxes(pixel_boxes: np.ndarray, width: float, height: float, file: str,
-                   problems: Problems) -> tuple[np.ndarray, np.ndarray]:
+                   problems: Problems, written: list[str] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
   """[N, 4] pixel xyxy -> ([K, 4] xyxy in [0, 1], [N] bool keep).
 
   Boxes that leave the image are clipped to it; non-finite, inverted (x_min >= x_max) or empty
-  boxes, also those wholly outside the image, are dropped. Each repair or drop is reported.
+  boxes, also those wholly outside the image, are dropped. Each repair or drop is reported with
+  the boxes concerned, as ``written`` gives them (how each box appears in ``file``; by default its
+  pixel xyxy).
   """
-  boxes = np.asarray(pixel_boxes, np.float64).reshape(-1, 4)
-  finite = np.isfinite(boxes).all(axis=1)
-  boxes = np.where(finite[:, None], boxes, 0.0)
+  given = np.asarray(pixel_boxes, np.float64).reshape(-1, 4)
+  finite = np.isfinite(given).all(axis=1)
+  boxes = np.where(finite[:, None], given, 0.0)
   inverted = finite & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
   limits = np.array([width, height, width, height])
   clipped = np.clip(boxes, 0.0, limits)
@@ -67,8 +71,14 @@ def relative_boxes(pixel_boxes: np.ndarray, width: float, height: float, file: s
                         ("box outside the image, object dropped", outside),
                         ("box leaves the image, clipped", moved)):
     if flags.any():
-      problems.report(reason, file, f"{int(flags.sum())} box(es)", count=int(flags.sum()))
+      shown = [written[i] if written else _xyxy_text(given[i]) for i in np.flatnonzero(flags)]
+      problems.report(reason, file, f"{len(shown)} box(es): {', '.join(shown)}", count=len(shown))
   return (clipped[keep] / limits).astype(np.float32), keep
+
+
+def _xyxy_text(box: np.ndarray) -> str:
+  """A pixel box as the report shows it: ``xyxy [10, 10, 50, 40]``."""
+  return "xyxy [" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -95,7 +105,7 @@ def _true_size(image_path: str, declared: tuple, file: str, kind: str,
     if width > 0 and height > 0:
       return width, height  # decoding reports the unreadable image
     problems.report(f"no image size in the {kind} and the image is unreadable, image skipped",
-                    file)
+                    file, f"{kind} size {declared!r}, image {image_path}")
     return None, None
   if width > 0 and height > 0 and (width, height) != header:
     problems.report(f"image size in the {kind} differs from the image's, the image's used", file,
@@ -175,7 +185,8 @@ def voc_folder_records(root: str, image_set: str, class_names: tuple[str, ...], 
   ``class_names``. ``drop_empty`` skips images without (kept) objects, for training.
   """
   class_index = {name.lower(): label for label, name in enumerate(class_names, start=1)}
-  with open(os.path.join(root, "ImageSets", "Main", image_set + ".txt")) as f:
+  list_path = os.path.join(root, "ImageSets", "Main", image_set + ".txt")
+  with open(list_path) as f:
     image_ids = [line.split()[0] for line in f if line.strip()]
   images, annotations = os.path.join(root, "JPEGImages"), os.path.join(root, "Annotations")
   records = []
@@ -183,7 +194,8 @@ def voc_folder_records(root: str, image_set: str, class_names: tuple[str, ...], 
     xml_path = path_inside(annotations, image_id + ".xml")
     image_path = path_inside(images, image_id + ".jpg")
     if xml_path is None or image_path is None:
-      problems.report("image id points outside the dataset folder, image skipped", image_id)
+      problems.report("image id points outside the dataset folder, image skipped", list_path,
+                      repr(image_id))
       continue
     if not os.path.isfile(xml_path):
       problems.report("annotation file missing, image skipped", xml_path)
@@ -191,7 +203,8 @@ def voc_folder_records(root: str, image_set: str, class_names: tuple[str, ...], 
     if not os.path.isfile(image_path):
       named = _voc_filename(xml_path, images)  # e.g. a .png; the XML says which
       if not (named and os.path.isfile(named)):
-        problems.report("image file missing, image skipped", image_path)
+        problems.report("image file missing, image skipped", xml_path,
+                        " or ".join(dict.fromkeys([image_path, named or image_path])))
         continue
       image_path = named
     parsed = read_voc_xml(xml_path, image_path, class_index, problems)
@@ -253,14 +266,17 @@ def coco_json_records(json_path: str, image_dir: str, class_names: tuple[str, ..
   for annotation in data.get("annotations", []):
     if annotation.get("image_id") not in image_ids:
       problems.report("annotation of an unknown image id, dropped", json_path,
-                      repr(annotation.get("image_id")))
+                      f"image_id {annotation.get('image_id')!r}")
     else:
       objects[annotation["image_id"]].append(annotation)
+  declared = {c["id"] for c in categories}
   records = []
   for image in data.get("images", []):
-    record = _coco_record(image, objects[image["id"]], image_dir, label_of, problems)
+    where = f"{json_path} ({image.get('file_name', '')!s})"  # the json and the image's entry
+    record = _coco_record(image, objects[image["id"]], image_dir, declared, label_of, where,
+                          problems)
     if record is not None:
-      record = _finish(record, keep_crowd, drop_empty, record.image_path, problems)
+      record = _finish(record, keep_crowd, drop_empty, where, problems)
       records.extend([record] if record else [])
   return records, class_names, category_ids
 
@@ -268,7 +284,8 @@ def coco_json_records(json_path: str, image_dir: str, class_names: tuple[str, ..
 def _check_categories(json_path: str, categories: list[dict], class_names: tuple[str, ...],
                       category_ids: tuple[int, ...], annotations: list[dict],
                       problems: Problems) -> None:
-  """One warning when the json's categories and ``class_names`` differ, naming both lists."""
+  """One warning when the json's categories and ``class_names`` differ, naming both lists (a
+  choice of classes, not bad data: annotations of undeclared categories are reported per image)."""
   json_names = tuple(str(c["name"]) for c in sorted(categories, key=lambda c: c["id"]))
   used = set(category_ids) - {-1}
   if not used and annotations:
@@ -276,37 +293,43 @@ def _check_categories(json_path: str, categories: list[dict], class_names: tuple
         f"{json_path}: none of its categories {json_names} is in config.data.class_names "
         f"{tuple(class_names)}; set --config.data.class_names=None to take the json's")
   declared = {c["id"] for c in categories}
-  undeclared = sum(a.get("category_id") not in declared for a in annotations)
-  if undeclared:
-    problems.report("annotation of a category id the json does not declare, dropped", json_path,
-                    f"{undeclared} object(s)", count=undeclared)
   others = declared - used
   dropped = sum(a.get("category_id") in others for a in annotations)
   missing = [name for name, cid in zip(class_names, category_ids) if cid < 0]
-  if dropped or missing:  # a choice of classes rather than bad data: a warning, also when strict
+  if dropped or missing:  # a warning, also when strict
     logging.warning("ssd_jax.data: %s: its categories %s differ from config.data.class_names %s: "
                     "%d object(s) of other categories left out%s", json_path, json_names,
                     tuple(class_names), dropped, f"; no category for {missing}" if missing else "")
 
 
-def _coco_record(image: dict, annotations: list[dict], image_dir: str, label_of: dict[int, int],
-                 problems: Problems) -> Record | None:
-  """One COCO image entry and its annotations -> Record, or None (reported) if unusable."""
+def _coco_record(image: dict, annotations: list[dict], image_dir: str, declared: set,
+                 label_of: dict[int, int], where: str, problems: Problems) -> Record | None:
+  """One COCO image entry and its annotations -> Record, or None (reported) if unusable.
+
+  ``declared``: the json's category ids; ``where``: the json and the image's file_name, for
+  reports."""
   name = str(image.get("file_name", ""))
   path = path_inside(image_dir, name)
   if path is None:
-    problems.report("file_name points outside the image folder, image skipped", name)
+    problems.report("file_name points outside the image folder, image skipped", where,
+                    f"image folder {image_dir}")
     return None
   if not os.path.isfile(path):
-    problems.report("image file missing, image skipped", path)
+    problems.report("image file missing, image skipped", where, path)
     return None
-  width, height = _true_size(path, (image.get("width"), image.get("height")), path, "json",
+  width, height = _true_size(path, (image.get("width"), image.get("height")), where, "json",
                              problems)
   if width is None:
     return None
-  known = [a for a in annotations if a.get("category_id") in label_of]  # others: said once
+  undeclared = [a.get("category_id") for a in annotations if a.get("category_id") not in declared]
+  if undeclared:
+    problems.report("annotation of a category id the json does not declare, dropped", where,
+                    f"category_id {', '.join(sorted(set(map(repr, undeclared))))}",
+                    count=len(undeclared))
+  known = [a for a in annotations if a.get("category_id") in label_of]  # others: left out
   pixel_boxes = np.array([_coco_xyxy(a.get("bbox")) for a in known]).reshape(-1, 4)
-  boxes, keep = relative_boxes(pixel_boxes, width, height, path, problems)
+  boxes, keep = relative_boxes(pixel_boxes, width, height, where, problems,
+                               [f"bbox {a.get('bbox')!r}" for a in known])
   labels = np.array([label_of[a["category_id"]] for a in known], np.int32).reshape(-1)[keep]
   crowd = np.array([bool(a.get("iscrowd", 0)) for a in known], bool).reshape(-1)[keep]
   return Record(path, image["id"], boxes, labels, crowd)

@@ -195,7 +195,8 @@ def train_iterator(config: ml_collections.ConfigDict, start_step: int = 0,
   """Numpy training batches from step ``start_step``; logs bad-data counts after each epoch."""
   ds, source = train_dataset(config, start_step, source)
   per_step = _local_batch(config.data.batch_size, source)
-  for step, batch in enumerate(ds.as_numpy_iterator(), start=start_step + 1):
+  for step, batch in enumerate(source.problems.raising(ds.as_numpy_iterator()),
+                               start=start_step + 1):
     epoch = step * per_step // source.num_examples  # epochs complete after this batch
     if epoch > (step - 1) * per_step // source.num_examples:
       logging.info("ssd_jax.data: step %d ends epoch %d of the training data", step, epoch)
@@ -207,5 +208,5 @@ def eval_iterator(config: ml_collections.ConfigDict, source: Source | None = Non
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Numpy evaluation batches, one pass; logs bad-data counts at the end."""
   ds, _, source = eval_dataset(config, source)
-  yield from ds.as_numpy_iterator()
+  yield from source.problems.raising(ds.as_numpy_iterator())
   source.problems.log_summary("after the evaluation pass")

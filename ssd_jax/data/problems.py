@@ -7,6 +7,7 @@ With ``strict=True`` (``config.data.on_bad_data == "error"``) the first problem 
 
 import collections
 import threading
+from typing import Iterator, TypeVar
 
 from absl import logging
 import tensorflow as tf
@@ -14,6 +15,9 @@ import tensorflow as tf
 
 class BadDataError(ValueError):
   """Raised for bad data when ``config.data.on_bad_data == "error"``."""
+
+
+T = TypeVar("T")
 
 
 class Problems:
@@ -24,19 +28,34 @@ class Problems:
     self._lock = threading.Lock()
     # reason -> file -> number of occurrences in that file (e.g. objects dropped).
     self._files: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    self._failure: str | None = None  # strict mode: the first report, raised
 
   def report(self, reason: str, file: str, detail: str = "", count: int = 1) -> None:
     """Records ``count`` occurrences (e.g. boxes) of ``reason`` in ``file`` and warns, the first
     time only: tf.data meets the same file again every epoch."""
     message = f"{file}: {reason}" + (f" ({detail})" if detail else "")
     if self.strict:
-      raise BadDataError(message + "; set config.data.on_bad_data = 'skip' to repair or skip")
+      failure = message + "; set config.data.on_bad_data = 'skip' to repair or skip"
+      with self._lock:
+        self._failure = self._failure or failure
+      raise BadDataError(failure)
     with self._lock:
       first = file not in self._files[reason]
       if first:
         self._files[reason][file] = count
     if first:
       logging.warning("ssd_jax.data: %s", message)
+
+  def raising(self, items: Iterator[T]) -> Iterator[T]:
+    """``items`` (batches of a tf.data pipeline), where a strict-mode report from inside tf.data,
+    which reaches the caller wrapped in a TF error and its traceback, is raised as the one-line
+    BadDataError it was."""
+    try:
+      yield from items
+    except tf.errors.OpError:
+      if self._failure is None:
+        raise
+      raise BadDataError(self._failure) from None
 
   def counts(self) -> dict[str, tuple[int, int]]:
     """reason -> (number of files, number of occurrences)."""
