@@ -11,11 +11,45 @@ from ssd_jax import config_utils, config_validation, priors
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
 
 
+# Priors per config and variant, from the papers and references (not from our configs): the sum
+# over source maps of f^2 cells x boxes per cell (4 with aspect ratios {2}, 6 with {2, 3}).
+SSD300 = 38**2 * 4 + 19**2 * 6 + 10**2 * 6 + 5**2 * 6 + 3**2 * 4 + 1 * 4  # the paper's 8732
+PRIOR_COUNTS = {
+    ("ssd300.py", None): SSD300, ("ssd300.py", "coco"): SSD300, ("ssd300_coco.py", None): SSD300,
+    ("ssd300_resnet34.py", None): SSD300, ("ssd300_resnet34.py", "coco"): SSD300,
+    ("ssd300_resnet50.py", None): SSD300, ("ssd300_resnet50.py", "coco"): SSD300,
+    ("ssd300_torchvision_coco.py", None): SSD300,
+    # SSD512 (Caffe ssd_pascal512.py): maps 64..1, the paper's 24564.
+    ("ssd512.py", None): 64**2 * 4 + (32**2 + 16**2 + 8**2 + 4**2) * 6 + (2**2 + 1) * 4,
+    ("ssd512.py", "coco"): 24564,
+    # SSDLite320 (torchvision): maps 20, 10, 5, 3, 2, 1 with 6 boxes each, torchvision's 3234.
+    ("ssdlite_mobilenetv2.py", None): (20**2 + 10**2 + 5**2 + 3**2 + 2**2 + 1) * 6,
+    ("ssdlite_mobilenetv2.py", "coco"): 3234,
+    # The quickstart: maps 16, 8, 4, 2, 1 with aspect ratios {2}, {2, 3}, {2, 3}, {2}, {2}.
+    ("quickstart.py", None): 16**2 * 4 + 8**2 * 6 + 4**2 * 6 + 2**2 * 4 + 1 * 4,
+    # Its tiny variant: maps 8, 4, 2, 1, 1 (64 px input), the same boxes per cell.
+    ("quickstart.py", "tiny"): 8**2 * 4 + 4**2 * 6 + 2**2 * 6 + 1 * 4 + 1 * 4,
+}
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_loads_and_validates(name):
   config = config_utils.load_config(os.path.join(CONFIG_DIR, name))
   config_validation.validate(config)
-  assert len(priors.from_config(config)) > 0
+
+
+@pytest.mark.parametrize("name,variant", list(PRIOR_COUNTS), ids=lambda v: str(v))
+def test_prior_count_of_each_config(name, variant):
+  config = config_utils.load_config(os.path.join(CONFIG_DIR, name), variant)
+  config_validation.validate(config)
+  boxes = priors.from_config(config)
+  assert boxes.shape == (PRIOR_COUNTS[name, variant], 4)
+
+
+def test_prior_counts_cover_every_config():
+  assert {name for name, _ in PRIOR_COUNTS} == set(CONFIGS)
+  assert PRIOR_COUNTS["ssd300.py", None] == 8732 and PRIOR_COUNTS["ssd512.py", None] == 24564
+  assert PRIOR_COUNTS["ssdlite_mobilenetv2.py", None] == 3234
 
 
 def test_ssd300_coco_schedule():

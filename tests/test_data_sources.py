@@ -42,6 +42,10 @@ def _all(source: data.Source) -> list[dict]:
   return list(data.examples(source).as_numpy_iterator())
 
 
+def _ids(examples: list[dict]) -> list[str]:
+  return sorted(e["image_id"].decode() for e in examples)
+
+
 def _expected(image_id: str, keep_difficult: bool = True):
   objects = [o for o in helpers.VOC_OBJECTS[image_id] if keep_difficult or not o[2]]
   boxes = np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4) / [80, 60, 80, 60]
@@ -71,7 +75,9 @@ def test_tfds_voc_train_and_test_splits(tfds_dir):
     _check(example)
   evaluation = data.make_source(config, "eval", 0, 1)
   assert evaluation.class_names == helpers.VOC_NAMES and evaluation.category_ids is None
-  for example in _all(evaluation):
+  examples = _all(evaluation)
+  assert _ids(examples) == ["000004", "000005"]
+  for example in examples:
     _check(example)
 
 
@@ -93,10 +99,17 @@ def test_tfds_voc_can_leave_difficult_out_of_training(tfds_dir):
   config = helpers.tiny_config("tfds", tfds_dir, helpers.VOC_NAMES,
                                (("voc/2007", "train"),), (("voc/2007", "test"),),
                                train_difficult=False)
-  for example in _all(data.make_source(config, "train", 0, 1)):
+  train = _all(data.make_source(config, "train", 0, 1))
+  assert _ids(train) == ["000001", "000002"]  # 000001 has a difficult person
+  for example in train:
     _check(example, keep_difficult=False)
-  for example in _all(data.make_source(config, "eval", 0, 1)):  # evaluation keeps them
+  assert [len(e["labels"]) for e in train if e["image_id"] == b"000001"] == [1]
+  evaluation = _all(data.make_source(config, "eval", 0, 1))
+  assert _ids(evaluation) == ["000004", "000005"]  # 000005 has a difficult boat
+  for example in evaluation:  # evaluation keeps them
     _check(example)
+  assert [list(e["difficult"]) for e in evaluation if e["image_id"] == b"000005"] == [
+      [False, True]]
 
 
 def test_voc_folder_reads_the_same_as_tfds(voc_tree, tfds_dir):
@@ -108,7 +121,9 @@ def test_voc_folder_reads_the_same_as_tfds(voc_tree, tfds_dir):
     _check(example)
   config.data.update(source="tfds", data_dir=tfds_dir,
                      train_splits=(("voc/2007", "train+validation"),))
-  for example in _all(data.make_source(config, "train", 0, 1)):
+  from_tfds = _all(data.make_source(config, "train", 0, 1))
+  assert _ids(from_tfds) == ["000001", "000002", "000003"]
+  for example in from_tfds:
     np.testing.assert_array_equal(example["image"], folder[example["image_id"]]["image"])
 
 
@@ -203,7 +218,7 @@ def test_synthetic_shapes_are_deterministic_and_read_as_voc(tmp_path):
   sources = [data.make_source(_synthetic_config(str(tmp_path / name)), "train", 0, 1)
              for name in ("a", "b")]
   first, second = (_all(source) for source in sources)
-  assert len(first) == 12
+  assert len(first) == len(second) == 12
   for a, b in zip(first, second):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["boxes"], b["boxes"])
