@@ -2,8 +2,9 @@
 
 Writes a VOC-format folder of real-sized (500x375) JPEGs with a few boxes each to a temp dir, then
 times the full training pipeline (read, JPEG decode, zoom-out, sampled patch, flip, resize to 300,
-photometric distortion, normalise, pad, batch) and the evaluation pipeline, once with tf.data
-limited to one thread and once with all cores.
+photometric distortion, normalise, pad, batch), the evaluation pipeline and JPEG decoding alone,
+once with tf.data limited to one thread and once with all cores; each with JPEGs decoded by TF's
+fast DCT (the baseline, TF's default) and by the accurate one the pipeline uses (PIL's pixels).
 
   python experiments/bench_input.py [--images 256] [--batches 30] [--batch_size 32]
 """
@@ -18,9 +19,11 @@ from PIL import Image, ImageDraw
 
 from ssd_jax import config_utils
 from ssd_jax import data  # hides GPUs from TF before it starts
+from ssd_jax.data import decode
 import tensorflow as tf
 
 _CLASSES = ("circle", "square")
+_DCT_METHODS = ("INTEGER_FAST", decode.DCT_METHOD)  # baseline first
 
 
 def write_voc_folder(root: str, count: int, seed: int = 0) -> None:
@@ -68,6 +71,13 @@ def images_per_second(ds: tf.data.Dataset, batches: int, batch_size: int,
   return batches * batch_size / (time.perf_counter() - start)
 
 
+def decode_only(root: str) -> tf.data.Dataset:
+  """Batches of 32 JPEGs of ``root`` read and decoded (by ``decode.decode_rgb``), endlessly."""
+  files = tf.data.Dataset.list_files(os.path.join(root, "JPEGImages", "*.jpg"), shuffle=False)
+  return files.repeat().map(lambda path: tf.shape(decode.decode_rgb(tf.io.read_file(path))),
+                            num_parallel_calls=tf.data.AUTOTUNE).batch(32)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--images", type=int, default=256)
@@ -85,17 +95,28 @@ def main() -> None:
     cores = os.cpu_count()
     train_source = data.make_source(config, "train", 0, 1)
     eval_source = data.make_source(config, "eval", 0, 1)
+    pipelines = {"train": (lambda: data.train_dataset(config, 0, train_source)[0], args.batch_size),
+                 "eval": (lambda: data.eval_dataset(config, eval_source)[0].repeat(),
+                          args.batch_size),
+                 "decode": (lambda: decode_only(os.path.join(data_dir, "bench")), 32)}
     results = {}
-    for name, make in (("train", lambda: data.train_dataset(config, 0, train_source)[0]),
-                       ("eval", lambda: data.eval_dataset(config, eval_source)[0].repeat())):
+    for name, (make, batch_size) in pipelines.items():
       for threads in (1, None):
-        results[name, threads] = images_per_second(make(), args.batches, args.batch_size, threads)
+        for dct in _DCT_METHODS:  # side by side, so that the machine's drift hits both alike
+          decode.DCT_METHOD = dct  # read when a pipeline is built (tf.data traces the decode op)
+          results[dct, name, threads] = images_per_second(make(), args.batches, batch_size,
+                                                          threads)
   print(f"{cores} cores; images/s at {config.model.image_size}x{config.model.image_size}, batch "
-        f"{args.batch_size}, from 500x375 JPEGs:")
-  for name in ("train", "eval"):
-    one, all_cores = results[name, 1], results[name, None]
-    print(f"  {name:5s}: 1 thread {one:7.1f}   all {cores} cores {all_cores:7.1f} "
-          f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s")
+        f"{args.batch_size}, from 500x375 JPEGs (decode: reading and decoding alone):")
+  fast, accurate = _DCT_METHODS
+  for name in pipelines:
+    for dct in _DCT_METHODS:
+      one, all_cores = results[dct, name, 1], results[dct, name, None]
+      print(f"  {name:6s} {dct:16s}: 1 thread {one:7.1f}   all {cores} cores {all_cores:7.1f} "
+            f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s")
+    print(f"  {name:6s} accurate / fast DCT: "
+          + ", ".join(f"{results[accurate, name, t] / results[fast, name, t]:.3f} ({label})"
+                      for t, label in ((1, "1 thread"), (None, "all cores"))))
 
 
 if __name__ == "__main__":

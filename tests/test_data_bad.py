@@ -244,6 +244,19 @@ def test_transparent_png_pixels_are_composited_on_white():
   np.testing.assert_array_equal(_decoded(buffer.getvalue())[0, :, 0], [0, 40000 // 256])
 
 
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # chroma 4:4:4, 4:2:2, 4:2:0
+def test_jpegs_decode_to_pils_pixels(subsampling):
+  """Noise (the hardest case for a DCT) at an odd size, colour and grey: every pixel equals
+  PIL's (TF's default fast DCT is up to 6 levels off)."""
+  rng = np.random.default_rng(subsampling)
+  for pixels in (rng.integers(0, 256, (75, 101, 3), np.uint8),
+                 rng.integers(0, 256, (33, 47), np.uint8)):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, subsampling=subsampling)
+    expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(_decoded(buffer.getvalue()), expected)
+
+
 def test_a_wrong_declared_image_size_is_repaired_and_reported_once(tmp_path, caplog):
   image = helpers.jpeg_bytes(height=240, width=320)
   xml = helpers.voc_xml([("cat", (32, 24, 160, 120), False)], width=3200, height=2400)
