@@ -1,5 +1,6 @@
 """Loading experiment configs (``configs/<name>.py`` files with a ``get_config()``), and
-``ConfigError``, raised wherever a config value cannot work (``main`` prints it as one line)."""
+``ConfigError``, raised wherever a config value or flag cannot work (``main`` prints it as one
+line)."""
 
 import difflib
 import importlib.util
@@ -84,3 +85,12 @@ def check_num_classes(num_classes: int, class_names: tuple[str, ...]) -> None:
         f"{tuple(class_names)} (+ background = {len(class_names) + 1}): set "
         f"--config.model.num_classes={len(class_names) + 1}, or leave it out when you set "
         f"--config.data.class_names")
+
+
+def file_in_the_way(folder: str) -> str | None:
+  """The file that keeps ``folder`` (a path given as an output folder) from being one: ``folder``
+  itself or the closest existing path above it when that is a file; None when there is none."""
+  path = os.path.abspath(os.path.expanduser(folder))
+  while not os.path.exists(path):  # False below a file too
+    path = os.path.dirname(path)
+  return None if os.path.isdir(path) else path

@@ -6,7 +6,8 @@ because they say nothing a user can act on: TensorFlow's oneDNN notice (printed 
 while it is imported, twice, before its log settings apply), JAX's probe for a TPU library on
 machines without one, orbax's warnings that a checkpoint folder opened read-only (eval, predict and
 export open it so on purpose) and TensorFlow's INFO lines while it writes a SavedModel. Orbax's
-per-file INFO chatter is dropped everywhere.
+per-file INFO chatter is dropped everywhere. While the export's converters run
+(``converters_to_log``), everything they say goes to ``log.txt`` only.
 """
 
 import contextlib
@@ -14,7 +15,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from absl import logging as absl_logging
 
@@ -76,9 +77,9 @@ def to_file_only(message: str) -> None:
 
 
 @contextlib.contextmanager
-def native_notices_dropped() -> Iterator[None]:
-  """Drops ``NATIVE_NOTICES`` lines that C++ code writes to stderr (file descriptor 2) inside the
-  block, e.g. while TensorFlow is imported; every other line is passed on when the block ends."""
+def _stderr_captured(handle: Callable[[list[str]], None]) -> Iterator[None]:
+  """Captures what is written to file descriptor 2 inside the block (C++ code included) and
+  gives its lines (with their line ends) to ``handle`` when the block ends."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
@@ -90,7 +91,35 @@ def native_notices_dropped() -> Iterator[None]:
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)
-      kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-              if not any(notice in line for notice in NATIVE_NOTICES)]
-      sys.stderr.write("".join(kept))
-      sys.stderr.flush()
+      handle(captured.read().decode(errors="replace").splitlines(keepends=True))
+
+
+def _write_to_stderr(lines: list[str]) -> None:
+  sys.stderr.write("".join(lines))
+  sys.stderr.flush()
+
+
+def native_notices_dropped() -> contextlib.AbstractContextManager[None]:
+  """Drops ``NATIVE_NOTICES`` lines that C++ code writes to stderr (file descriptor 2) inside the
+  block, e.g. while TensorFlow is imported; every other line is passed on when the block ends."""
+  return _stderr_captured(lambda lines: _write_to_stderr(
+      [line for line in lines if not any(notice in line for notice in NATIVE_NOTICES)]))
+
+
+@contextlib.contextmanager
+def converters_to_log() -> Iterator[None]:
+  """Nothing reaches the console inside the block: log records go to log.txt only and what C++
+  code writes to stderr is copied there, for converters (jax2onnx, TF's SavedModel writer and
+  TFLite converter) that narrate their work in dozens of lines."""
+  console = absl_logging.get_absl_handler()
+  console.addFilter(_mute)
+  try:
+    with _stderr_captured(lambda lines: [to_file_only(line.rstrip()) for line in lines
+                                         if line.strip()]):
+      yield
+  finally:
+    console.removeFilter(_mute)
+
+
+def _mute(record: logging.LogRecord) -> bool:  # pylint: disable=unused-argument
+  return False

@@ -27,8 +27,13 @@ equal ``--mode=predict``'s on S x S pictures.
 
 Each written artifact (but the int8 one, which differs by design) is run in a fresh process by its
 own runtime (on images of another size than the model's where the input allows) and compared
-with the jax function; one that fails is removed, and ``metadata.json`` says why for every
-format not written.
+with the jax function. A requested format that cannot be written or fails its check is left out
+and ``export_detector`` raises ``ExportError`` naming it and why, after writing the others;
+``metadata.json`` says which failed. The export is written into a new folder beside ``output``
+that replaces ``output`` (an earlier export, or nothing) at the end, so a folder never holds
+artifacts of two exports; a folder that holds anything an export does not write is refused.
+``how_to_call(name)`` (in ``metadata.json`` and README) is a whole program per format that
+prints a picture's detections with the format's runtime, numpy and pillow alone.
 """
 
 import contextlib
@@ -36,10 +41,12 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -47,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssd_jax import postprocess, preprocess, priors
+from ssd_jax import config_utils, console, postprocess, preprocess, priors
 from ssd_jax.config_utils import ConfigError
 from ssd_jax.inference import Detector, detect_images
 
@@ -72,9 +79,9 @@ _NEEDS = {"onnx": (("jax2onnx", JAX2ONNX_INSTALL), ("onnx", _EXTRA), ("onnxrunti
 
 Outputs = dict[str, jax.Array]
 
-# How each runtime runs an artifact in a fresh interpreter that imports none of ssd_jax, jax or
-# flax: defines run(images uint8 [B, H, W, 3]) -> dict of OUTPUT_NAMES arrays. These are the
-# snippets metadata.json and the README show.
+# How the export's checks run each artifact in a fresh interpreter that imports none of ssd_jax,
+# jax or flax: defines run(images uint8 [B, H, W, 3]) -> dict of OUTPUT_NAMES arrays, batches of
+# noise compared whole with the jax function (users get the programs of how_to_call instead).
 RUNNERS = {
     "onnx": """\
 import onnxruntime
@@ -108,16 +115,75 @@ path, inputs, outputs = sys.argv[1:]
 np.savez(outputs, **run(np.load(inputs)["images"]))
 """
 
-JAX_HOW_TO_CALL = """\
-import json, jax, numpy as np
-metadata = json.load(open("metadata.json"))
-exported = jax.export.deserialize(bytearray(open("detector.jaxexport", "rb").read()))
-images = np.stack([...])  # uint8 RGB [B, H, W, 3]: any B, H, W, all images of one call one size
-out = exported.call(images)  # dict: boxes [B, K, 4] (pixels, xyxy), scores, classes, num_detections
-n = int(out["num_detections"][0])
-boxes, scores, classes = out["boxes"][0, :n], out["scores"][0, :n], out["classes"][0, :n]
-names = [metadata["class_names"][c - 1] for c in classes]
+# metadata.json's how_to_call, and README's "Export" (with the folder EXPORT/; metadata.json's
+# are run in the export folder): one whole program per format that prints the detections of a
+# picture (photo.jpg), with the format's runtime, numpy and pillow alone.
+_SNIPPET_HEAD = """\
+import json
+import numpy as np
+from PIL import Image  # pip install pillow
+metadata = json.load(open("EXPORT/metadata.json"))
+image = np.asarray(Image.open("photo.jpg").convert("RGB"))  # your picture, any size: uint8 [H, W, 3]
 """
+_SNIPPET_SQUARE = """\
+size = metadata["image_size"]  # this format takes one size x size picture: resize yours first
+square = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+"""
+_SNIPPET_CALL = {
+    "jax": """\
+import jax  # pip install jax flatbuffers
+exported = jax.export.deserialize(bytearray(open("EXPORT/detector.jaxexport", "rb").read()))
+out = {k: np.asarray(v) for k, v in exported.call(image[None]).items()}  # a batch of one
+""",
+    "onnx": """\
+import onnxruntime  # pip install onnxruntime
+session = onnxruntime.InferenceSession("EXPORT/detector.onnx", providers=["CPUExecutionProvider"])
+names = ["boxes", "scores", "classes", "num_detections"]
+out = dict(zip(names, session.run(names, {"images": image[None]})))  # a batch of one
+""",
+    "savedmodel": """\
+import tensorflow as tf  # pip install tensorflow
+serve = tf.saved_model.load("EXPORT/saved_model").signatures["serving_default"]
+out = {k: v.numpy() for k, v in serve(images=tf.constant(square[None])).items()}
+""",
+    "tflite": """\
+from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
+runner = Interpreter(model_path="EXPORT/detector.tflite").get_signature_runner("serving_default")
+out = runner(images=square[None])
+""",
+}
+_SNIPPET_BOXES_BACK = """\
+height, width = image.shape[:2]  # boxes from pixels of the square to pixels of the picture
+out["boxes"] = out["boxes"] * np.array([width, height, width, height]) / size
+"""
+_SNIPPET_PRINT = """\
+n = int(out["num_detections"][0])  # rows 0..n-1 hold the detections, best first
+threshold = metadata["display_score_threshold"]  # --mode=predict draws those scoring at least this
+print(f"{n} detections, {int((out['scores'][0, :n] >= threshold).sum())} scoring >= {threshold}")
+for i in range(min(n, 10)):  # the best 10 whatever their score: class, score, x0 y0 x1 y1 in px
+  box = [round(float(v), 1) for v in out["boxes"][0, i]]
+  print(metadata["class_names"][out["classes"][0, i] - 1], round(float(out["scores"][0, i]), 4), box)
+"""
+# The formats whose input is one image of exactly the model's size.
+FIXED_SIZE = ("savedmodel", "tflite")
+
+
+def how_to_call(name: str, folder: str = "") -> str:
+  """Format ``name``'s program (metadata.json's ``how_to_call``) for an export in ``folder``
+  ("" for the current folder, README's "EXPORT/")."""
+  fixed = name in FIXED_SIZE
+  text = (_SNIPPET_HEAD + (_SNIPPET_SQUARE if fixed else "") + _SNIPPET_CALL[name]
+          + (_SNIPPET_BOXES_BACK if fixed else "") + _SNIPPET_PRINT)
+  return text.replace("EXPORT/", folder)
+
+
+class ExportError(RuntimeError):
+  """Requested formats that were not written; ``failed`` maps each to why (one line)."""
+
+  def __init__(self, failed: dict[str, str]):
+    self.failed = dict(failed)
+    super().__init__("\n".join(f"--format={name} not written: {reason}"
+                               for name, reason in failed.items()))
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -168,8 +234,9 @@ def export_function(serve: Callable[[jax.Array], Outputs],
 
 
 def save_onnx(serve: Callable[[jax.Array], Outputs], path: str) -> None:
-  """``serve`` as an ONNX model at ``path`` (jax2onnx): input ``images`` uint8 [B, H, W, 3] with
-  dynamic B, H and W; outputs OUTPUT_NAMES."""
+  """``serve`` as an ONNX model at ``path`` (jax2onnx), one file: input ``images`` uint8
+  [B, H, W, 3] with dynamic B, H and W; outputs OUTPUT_NAMES."""
+  import onnx_ir
   from jax2onnx import to_onnx
 
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 3"), jnp.uint8)
@@ -177,9 +244,39 @@ def save_onnx(serve: Callable[[jax.Array], Outputs], path: str) -> None:
     detections = serve(images)  # once: jax2onnx does not merge repeated traces of the network
     return tuple(detections[k] for k in OUTPUT_NAMES)
 
-  to_onnx(outputs, inputs=[spec],
-          input_names=["images"], output_names=list(OUTPUT_NAMES), model_name="ssd_jax",
-          return_mode="file", output_path=path)
+  model = to_onnx(outputs, inputs=[spec], input_names=["images"],
+                  output_names=list(OUTPUT_NAMES), model_name="ssd_jax", return_mode="ir")
+  _remove_unused_initializers(model)
+  onnx_ir.save(model, path)  # weights inline: jax2onnx's own "file" mode spills them beside it
+
+
+def _remove_unused_initializers(model) -> None:
+  """Drops the constants no node reads from every graph of onnx_ir ``model``, the NMS Loop's
+  body included (jax2onnx's clean-up does the main graph only; onnxruntime warns about each)."""
+  for graph in model.graphs():
+    for value in list(graph.initializers.values()):
+      if not value.uses() and value not in graph.outputs and value not in graph.inputs:
+        del graph.initializers[value.name]
+
+
+# The jax releases whose private serialiser _stablehlo_for_tf replaces were read and run with it
+# (its name, signature and the StableHLO TF 2.21 then reads), >= the first, < the second. Widen
+# it only after checking a new jax: tests/test_export.py fails when the installed jax is outside.
+STABLEHLO_SWAP_JAX = ((0, 10, 2), (0, 11))
+
+
+def check_jax_for_tf(version: str | None = None) -> None:
+  """Raises RuntimeError unless jax ``version`` (default: the installed one) is in
+  STABLEHLO_SWAP_JAX (the SavedModel and TFLite formats need it), naming the range and how to
+  install it."""
+  version = version or jax.__version__
+  low, high = (".".join(map(str, v)) for v in STABLEHLO_SWAP_JAX)
+  numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+  if not STABLEHLO_SWAP_JAX[0] <= numbers < STABLEHLO_SWAP_JAX[1]:
+    raise RuntimeError(
+        f"the savedmodel and tflite formats need jax >= {low}, < {high} (they replace a private "
+        f"serialiser of jax, checked against those releases, to write StableHLO that TF 2.21 "
+        f"reads); jax {version} is installed: pip install 'jax>={low},<{high}'")
 
 
 @contextlib.contextmanager
@@ -187,20 +284,23 @@ def _stablehlo_for_tf() -> Iterator[None]:
   """Within it, jax serialises StableHLO for consumers 12 weeks old instead of 4.
 
   jax.export targets the StableHLO of 4 weeks ago (jax 0.10.2: 1.15.0), newer than what TF's
-  XlaCallModule and TFLite converter read (TF 2.21: up to 1.13.7, jax's 12-week target). jax
-  has no option for this, so its private serialiser is swapped for the duration; a jax that
-  moves it fails here with AttributeError, and the format is then skipped with that reason.
+  XlaCallModule and TFLite converter read (TF 2.21: up to 1.13.7, jax's 12-week target). No
+  public route reaches TF with another target: jax.export and jax2tf have no option for it, and
+  the public re-serialiser (``jax.extend.mlir.serialize_portable_artifact``, used below) feeds
+  only TF's XlaCallModule op, which TF does not export (not in ``tf.raw_ops``). So jax's private
+  serialiser is swapped for the duration, for the jax releases of STABLEHLO_SWAP_JAX only.
   """
-  from jax._src import xla_bridge
-  from jax._src.export import _export
-  from jax._src.lib import _jax
-  from jax._src.lib.mlir.dialects import hlo
+  check_jax_for_tf()
+  from jax._src.export import _export  # the one private name: its _module_to_bytecode
+  from jax.extend import backend
+  from jax.extend import mlir
+  from jax.extend.mlir.dialects import stablehlo
 
   def serialize(module) -> bytes:
-    version = hlo.get_version_from_compatibility_requirement(
-        hlo.StablehloCompatibilityRequirement.WEEK_12)
-    return _jax.mlir.serialize_portable_artifact(
-        module, version, xla_bridge.get_backend().serialize_with_sdy)
+    version = stablehlo.get_version_from_compatibility_requirement(
+        stablehlo.StablehloCompatibilityRequirement.WEEK_12)
+    return mlir.serialize_portable_artifact(module, version,
+                                            backend.get_backend().serialize_with_sdy)
 
   original = _export._module_to_bytecode
   _export._module_to_bytecode = serialize
@@ -243,8 +343,9 @@ def save_tflite(saved_model: str, path: str,
   if calibration is not None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration())
+  model = converter.convert()
   with open(path, "wb") as f:
-    f.write(converter.convert())
+    f.write(model)
 
 
 def run_in_fresh_process(name: str, path: str, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -285,18 +386,19 @@ def _reason(error: Exception) -> str:
 
 def try_artifact(name: str, write: Callable[[], None], check: Callable[[], None],
                  paths: Sequence[str]) -> str | None:
-  """Writes and checks one artifact; returns None, or why it was left out (and removed)."""
+  """Writes and checks one artifact; returns None, or why it was left out (and removed). The
+  converters' messages go to log.txt only (``console.converters_to_log``)."""
+  logging.info("writing the %s format (the converter's messages go to log.txt)", name)
   try:
-    write()
+    with console.converters_to_log():
+      write()
     check()
   except Exception as error:  # noqa: BLE001 -- one format failing must not stop the others
     for path in paths:
       shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else (
           os.path.exists(path) and os.remove(path))
-    reason = _reason(error)
-    logging.warning("no %s artifact (its runtime could not run it; metadata.json \"skipped\" "
-                    "says why): %s", name, reason[:200])
-    return reason
+    console.to_file_only(f"the {name} format failed: {error}")
+    return _reason(error)
   return None
 
 
@@ -307,6 +409,7 @@ def calibration_images(config: ml_collections.ConfigDict, pattern: str | None,
   import tensorflow as tf
 
   from ssd_jax import data
+  from ssd_jax.data.decode import decode_rgb
 
   if pattern:
     files = sorted(f for part in pattern.split(",") if part.strip()
@@ -319,7 +422,7 @@ def calibration_images(config: ml_collections.ConfigDict, pattern: str | None,
   def pictures() -> Iterator[np.ndarray]:
     if pattern:
       for path in files:
-        yield tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        yield decode_rgb(tf.io.read_file(path))  # as the input pipeline and predict
     else:
       for example in data.examples(data.make_source(config, "eval")):
         if example["valid"]:
@@ -353,33 +456,28 @@ def _format_entries(config: ml_collections.ConfigDict, exported: jax.export.Expo
   fixed = {"name": "images", "dtype": "uint8", "shape": [1, size, size, 3],
            "description": "one RGB image of exactly image_size x image_size pixels (resize it "
                           "first; inside it is resized again by the same rule and normalised)"}
-  return {
-      "jax": {"files": [FILES["jax"]], "input": _any_size_input(),
-              "runtime": f"jax >= {jax.__version__}", "platforms": list(exported.platforms),
-              "calling_convention_version": exported.calling_convention_version,
-              "how_to_call": JAX_HOW_TO_CALL},
-      "onnx": {"files": [FILES["onnx"]], "input": _any_size_input(),
-               "runtime": "onnxruntime (opset 23)",
-               "how_to_call": f"path = {FILES['onnx']!r}\n" + RUNNERS["onnx"]},
-      "savedmodel": {"files": [FILES["savedmodel"]], "input": fixed,
-                     "runtime": "tensorflow", "signature": "serving_default",
-                     "how_to_call": f"path = {FILES['savedmodel']!r}\n" + RUNNERS["savedmodel"]},
-      "tflite": {"files": [FILES["tflite"], FILES["tflite_int8"]], "input": fixed,
-                 "runtime": "ai-edge-litert", "signature": "serving_default",
-                 "how_to_call": f"path = {FILES['tflite']!r}\n" + RUNNERS["tflite"]},
+  entries = {
+      "jax": {"input": _any_size_input(), "runtime": f"jax >= {jax.__version__}",
+              "platforms": list(exported.platforms),
+              "calling_convention_version": exported.calling_convention_version},
+      "onnx": {"input": _any_size_input(), "runtime": "onnxruntime (opset 23)"},
+      "savedmodel": {"input": fixed, "runtime": "tensorflow", "signature": "serving_default"},
+      "tflite": {"input": fixed, "runtime": "ai-edge-litert", "signature": "serving_default"},
   }
+  return {name: {**entry, "how_to_call": how_to_call(name)} for name, entry in entries.items()}
 
 
 def metadata(config: ml_collections.ConfigDict, step: int, class_names: Sequence[str],
              exported: jax.export.Exported, written: dict[str, list[str]],
-             skipped: dict[str, str]) -> dict:
-  """What ``metadata.json`` says: the formats written (files, input spec, how to run each), why
-  the others were not, and what all of them share (outputs, classes, thresholds)."""
+             failed: dict[str, str]) -> dict:
+  """What ``metadata.json`` says: the formats written (files, input spec, a program that runs
+  each), the requested ones that failed and why, and what all share (outputs, classes,
+  thresholds)."""
   d = postprocess.detect_args(config)
   entries = _format_entries(config, exported)
   return {
-      "formats": {name: {**entries[name], "files": files} for name, files in written.items()},
-      "skipped": skipped,
+      "formats": {name: {"files": files, **entries[name]} for name, files in written.items()},
+      "failed": failed,
       "step": step, "model": config.model.name, "image_size": config.model.image_size,
       "outputs": _OUTPUTS_SPEC,
       "max_detections": d["max_detections"], "class_names": list(class_names),
@@ -404,29 +502,44 @@ def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return sources.class_names(config)
 
 
-def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str,
-                    step: int | None = None, formats: Sequence[str] = ("jax",),
-                    platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                    calibration: str | None = None, calibration_count: int = 100) -> dict:
-  """Exports checkpoint ``step`` (default: the latest) of ``workdir`` into folder ``output`` in
-  ``formats`` (of FORMATS). int8 TFLite calibrates on ``calibration_count`` images of the files
-  ``calibration`` (a pattern as ``--images``), else of the eval split.
+def check_output(output: str) -> None:
+  """Raises ConfigError unless folder ``output`` may be replaced by an export: new, empty or an
+  earlier export (only files an export writes); never a file, nor a path below one."""
+  blocker = config_utils.file_in_the_way(output)
+  if blocker:
+    raise ConfigError(f"--output={output}: {blocker} is a file; expected a folder")
+  folder = os.path.expanduser(output)
+  foreign = sorted(set(os.listdir(folder)) - {*FILES.values(), METADATA_FILE}) if os.path.isdir(
+      folder) else []
+  if foreign:
+    raise ConfigError(f"--output={output} holds files that an export does not write "
+                      f"({', '.join(foreign[:5])}); an export replaces its whole folder: give a "
+                      "new or empty folder")
 
-  Returns the metadata, also written to ``output/metadata.json``.
-  """
-  formats = parse_formats(",".join(formats))
-  check_installed(formats)
-  detector = Detector.restore(config, workdir, step)
-  serve = serving_function(detector)
-  exported = export_function(serve, platforms)
-  os.makedirs(output, exist_ok=True)
-  path = {name: os.path.join(output, file) for name, file in FILES.items()}
-  size = config.model.image_size
+
+def _replace_folder(new: str, output: str) -> None:
+  """Folder ``new`` becomes ``output``; what was there (an earlier export) is removed after."""
+  if not os.path.exists(output):
+    os.rename(new, output)
+    return
+  old = new + ".old"
+  os.rename(output, old)
+  os.rename(new, output)
+  shutil.rmtree(old)
+
+
+def _write_formats(serve: Callable[[jax.Array], Outputs], exported: jax.export.Exported,
+                   formats: Sequence[str], folder: str, size: int,
+                   calibration: Callable[[], Iterator[np.ndarray]] | None
+                   ) -> tuple[dict[str, list[str]], dict[str, str]]:
+  """Writes and checks ``formats`` into ``folder``; returns (files of each format written,
+  why each of the others failed)."""
+  path = {name: os.path.join(folder, file) for name, file in FILES.items()}
   written: dict[str, list[str]] = {}
-  skipped = {name: "not requested (--format)" for name in FORMATS if name not in formats}
+  failed: dict[str, str] = {}
   square = np.asarray(jax.jit(lambda x: preprocess.resize(x, size))(_check_images(size)))
   square = square.round().clip(0, 255).astype(np.uint8)[:1]  # [1, S, S, 3]
-  with tempfile.TemporaryDirectory() as folder:
+  with tempfile.TemporaryDirectory() as scratch:
     saved_model = path["savedmodel"]
     for name in (f for f in FORMATS if f in formats):  # savedmodel before tflite, made from it
       if name == "jax":
@@ -444,12 +557,11 @@ def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str
             lambda: check_artifact("savedmodel", saved_model, exported, square), [saved_model])
       else:
         def write_tflite():
-          source = saved_model if "savedmodel" in written else os.path.join(folder, "sm")
+          source = saved_model if "savedmodel" in written else os.path.join(scratch, "sm")
           if source != saved_model:
             save_saved_model(serve, source, size, ("cpu",))
           save_tflite(source, path["tflite"])
-          save_tflite(source, path["tflite_int8"],
-                      calibration_images(config, calibration, calibration_count))
+          save_tflite(source, path["tflite_int8"], calibration)
 
         def check_tflite():
           check_artifact("tflite", path["tflite"], exported, square)
@@ -460,11 +572,46 @@ def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str
       if reason is None:
         written[name] = [FILES[name]] + ([FILES["tflite_int8"]] if name == "tflite" else [])
       else:
-        skipped[name] = reason
-  info = metadata(config, detector.step, _class_names(config), exported, written, skipped)
-  with open(os.path.join(output, METADATA_FILE), "w") as f:
-    json.dump(info, f, indent=2)
-  logging.info("exported step %d of %s to %s: %s%s", detector.step, workdir, output,
-               ", ".join(written) or "nothing",
-               "".join(f"; no {k}: {v}" for k, v in skipped.items() if k in formats))
+        failed[name] = reason
+  return written, failed
+
+
+def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str,
+                    step: int | None = None, formats: Sequence[str] = ("jax",),
+                    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                    calibration: str | None = None, calibration_count: int = 100) -> dict:
+  """Exports checkpoint ``step`` (default: the latest) of ``workdir`` into folder ``output`` in
+  ``formats`` (of FORMATS), replacing an earlier export there. int8 TFLite calibrates on
+  ``calibration_count`` images of the files ``calibration`` (a pattern as ``--images``), else of
+  the eval split.
+
+  Returns the metadata, also written to ``output/metadata.json``. Raises ExportError, after
+  writing the others, when a requested format could not be written.
+  """
+  formats = parse_formats(",".join(formats))
+  check_installed(formats)
+  check_output(output)
+  calibration_source = (calibration_images(config, calibration, calibration_count)
+                        if "tflite" in formats else None)
+  detector = Detector.restore(config, workdir, step)
+  serve = serving_function(detector)
+  exported = export_function(serve, platforms)
+  output = os.path.abspath(os.path.expanduser(output))
+  # Beside output, so that it is renamed into place (same file system), with makedirs' mode.
+  staging = os.path.join(os.path.dirname(output),
+                         f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
+  os.makedirs(staging)
+  try:
+    written, failed = _write_formats(serve, exported, formats, staging,
+                                     config.model.image_size, calibration_source)
+    info = metadata(config, detector.step, _class_names(config), exported, written, failed)
+    with open(os.path.join(staging, METADATA_FILE), "w") as f:
+      json.dump(info, f, indent=2)
+    _replace_folder(staging, output)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  logging.info("exported step %d of %s to %s: %s", detector.step, workdir, output,
+               ", ".join(written) or "no format")
+  if failed:
+    raise ExportError(failed)
   return info

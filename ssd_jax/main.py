@@ -31,7 +31,8 @@ _IMAGES = flags.DEFINE_string("images", None, "predict: image files (a path, fol
 _FORMAT = flags.DEFINE_string("format", "jax", "export: comma-separated formats among jax, onnx, "
                               "savedmodel, tflite.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the pictures and detections; "
-                              "export: folder for the exported detector.")
+                              "export: folder for the exported detector (new, empty or an "
+                              "earlier export, which it replaces).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs); it is also "
                                  "called when the environment describes a cluster.")
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from ssd_jax import xla_flags
   xla_flags.apply(_MODE.value)  # the fastest XLA:CPU options, unless XLA_FLAGS sets them
-  from ssd_jax import console
+  from ssd_jax import config_utils, console
   from ssd_jax.config_utils import ConfigError
   console.setup()
   config = _CONFIG.value
@@ -73,6 +74,9 @@ def main(argv: list[str]) -> None:
     raise ConfigError("--mode=export needs --output=DIR")
   if _MODE.value == "predict" and not (_IMAGES.value and _OUTPUT.value):
     raise ConfigError("--mode=predict needs --images=PATTERN and --output=DIR")
+  blocker = _MODE.value in ("export", "predict") and config_utils.file_in_the_way(_OUTPUT.value)
+  if blocker:
+    raise ConfigError(f"--output={_OUTPUT.value}: {blocker} is a file; expected a folder")
   # Imported here so that --help and config errors do not wait for JAX and TF.
   with console.native_notices_dropped():
     import jax
@@ -98,8 +102,12 @@ def main(argv: list[str]) -> None:
     folders = glob.glob(os.path.join(workdir, "eval", "step_*"))
     logging.info("evaluation done\n%s", progress.eval_summary(max(folders, key=os.path.getmtime)))
   elif mode == "export":
-    export.export_detector(config, workdir, _OUTPUT.value, _STEP.value,
-                           export.parse_formats(_FORMAT.value), calibration=_IMAGES.value)
+    try:
+      export.export_detector(config, workdir, _OUTPUT.value, _STEP.value,
+                             export.parse_formats(_FORMAT.value), calibration=_IMAGES.value)
+    except export.ExportError as error:  # one line per format not written, exit status 1
+      print("\n".join("error: " + line for line in str(error).splitlines()), file=sys.stderr)
+      sys.exit(1)
     logging.info("export done: %s (%s)", _OUTPUT.value,
                  ", ".join(sorted(os.listdir(_OUTPUT.value))))
   else:

@@ -39,6 +39,12 @@ _CASES = {
                   ["config.model.dtype='float64'", "expected"], True),
     "predict without images": ([TINY, "--mode=predict"],
                                ["--mode=predict needs --images=PATTERN and --output=DIR"], True),
+    "export to a file": ([TINY, "--mode=export", "--output=README.md"],
+                         ["--output=README.md:", "README.md is a file; expected a folder"], True),
+    "predict below a file": ([TINY, "--mode=predict", "--images=README.md",
+                              "--output=README.md/pictures"],
+                             ["--output=README.md/pictures:", "README.md is a file; expected a "
+                              "folder"], True),
     "missing dataset": ([TINY, "--config.data.source=voc_folder", "--config.data.data_dir={tmp}"],
                         ["VOC-format folder not found", "shapes/ImageSets/Main/train.txt"], False),
     "missing checkpoint": ([TINY, "--config.data.data_dir={tmp}", "--mode=eval"],
