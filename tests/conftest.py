@@ -1,7 +1,10 @@
-"""Shared test fixtures: random boxes and the SSD300 priors."""
+"""The test run's environment and shared fixtures: random boxes, the SSD300 priors, and the tiny
+quickstart trained (and exported) once by the command line."""
 
+import dataclasses
 import importlib.util
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -9,9 +12,22 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # lets tests import np_reference
 
-from ssd_jax import config_utils, priors  # noqa: E402
+from ssd_jax import config_utils, priors, xla_flags  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+REPO = os.path.dirname(CONFIG_DIR)
+TINY = os.path.join(CONFIG_DIR, "quickstart.py") + ":tiny"
+
+# Set here, before JAX starts in this process, and inherited by every process the tests start
+# (the command line, the kill, notebook and multi-process tests, the export loaders):
+# - a persistent compilation cache under the checkout (git-ignored): a program that the run
+#   compiles again (the tiny model's train step and detector, in a fresh jit or a new process)
+#   is read back instead of compiled. JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+# - the XLA:CPU options of the command line (xla_flags), so that in-process and command-line
+#   runs train alike and share cache entries.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+xla_flags.apply("train")
 
 
 def pytest_configure(config):  # pylint: disable=unused-argument
@@ -40,3 +56,36 @@ def ssd300_config():
 @pytest.fixture(scope="session")
 def ssd300_priors(ssd300_config):
   return priors.from_config(ssd300_config)
+
+
+def run_main(*flags: str, config: str = TINY, cwd: str = REPO,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+  """``python -m ssd_jax.main --config=CONFIG FLAGS...`` in a new process (stdout, stderr text)."""
+  return subprocess.run([sys.executable, "-m", "ssd_jax.main", f"--config={config}", *flags],
+                        cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+  """``config.data.data_dir`` for the tiny quickstart; its shapes are generated on first use."""
+  return str(tmp_path_factory.mktemp("tiny_data"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+  """The tiny quickstart trained once by the command line: 8 steps, checkpoints at 4 and 8, an
+  evaluation at 8. Tests may add to ``workdir`` (evaluations, logs) but change nothing in it."""
+  workdir: str
+  data_dir: str
+  log: str  # the command's stderr
+  flags: tuple[str, ...]  # --workdir and --config.data.data_dir, for further modes
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+  # Its own data_dir: the run generates the shapes and says so, whichever test came first.
+  workdir, data_dir = (str(tmp_path_factory.mktemp(name)) for name in ("tiny_run", "tiny_run_data"))
+  flags = (f"--workdir={workdir}", f"--config.data.data_dir={data_dir}")
+  result = run_main(*flags)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return TinyRun(workdir, data_dir, result.stderr, flags)
