@@ -37,6 +37,12 @@ _CASES = {
                               "--config.model.num_classes=3"], True),
     "bad value": ([TINY, "--config.model.dtype=float64"],
                   ["config.model.dtype='float64'", "expected"], True),
+    # eval.metric is read only at the first evaluation: validation stops it before any training.
+    "misspelled choice": ([TINY, "--config.eval.metric=voc12"],
+                          ["config.eval.metric='voc12': expected one of ('voc07', 'voc', 'coco')"],
+                          True),
+    "non-positive batch": ([TINY, "--config.data.batch_size=-8"],
+                           ["config.data.batch_size=-8: expected a positive integer"], True),
     "predict without images": ([TINY, "--mode=predict"],
                                ["--mode=predict needs --images=PATTERN and --output=DIR"], True),
     "export to a file": ([TINY, "--mode=export", "--output=README.md"],
@@ -62,8 +68,9 @@ def test_errors_are_one_line_with_exit_status_2(case, tmp_path):
   assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1
   for fragment in fragments:
     assert fragment in lines[-1], (fragment, lines[-1])
-  if early:  # stopped before JAX, TF or any log line
+  if early:  # stopped before JAX, TF or any log line, and before the workdir is made
     assert len(lines) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
   assert result.stdout == ""
 
 

@@ -1,4 +1,5 @@
-"""Global batches put on the devices ahead of use: order, values, sharding and how far ahead."""
+"""Global batches put on the devices ahead of use: order, values, sharding and how far ahead; the
+batch size checked against the devices."""
 
 import os
 import subprocess
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from ssd_jax import parallel
+from ssd_jax.config_utils import ConfigError
 
 
 def numbered_batches(count, batch=8, log=None):
@@ -57,9 +59,25 @@ def test_size_one_reads_only_what_is_asked_for():
     next(parallel.device_batches(numbered_batches(1), _mesh(1), size=0))
 
 
+def check_batch_sizes(devices):
+  """A global batch must split evenly over the mesh's devices: one line naming the field."""
+  mesh = _mesh(devices)
+  parallel.check_batch_size(2 * devices, mesh)
+  for bad in (0, -devices) + ((devices + 1, 3 * devices // 2) if devices > 1 else ()):
+    with pytest.raises(ConfigError) as error:
+      parallel.check_batch_size(bad, mesh)
+    assert str(error.value) == (f"config.data.batch_size={bad}: expected a positive multiple of "
+                                f"the device count ({devices}) and process count (1)")
+
+
+def test_batch_sizes_are_checked_against_the_device_count():
+  check_batch_sizes(1)
+
+
 def test_batches_come_in_order_sharded_over_four_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  script = "import jax, test_parallel as t; assert jax.device_count() == 4; t.check_prefetched(4)"
+  script = ("import jax, test_parallel as t; assert jax.device_count() == 4; t.check_prefetched(4);"
+            " t.check_batch_sizes(4)")
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(__file__), timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]

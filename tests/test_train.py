@@ -23,8 +23,8 @@ TINY = os.path.join(CONFIG_DIR, "quickstart.py") + ":tiny"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("shapes"))
+def data_dir(tiny_data_dir):
+  return tiny_data_dir  # the run's shapes, generated once
 
 
 def tiny_config(data_dir, **train_fields):
@@ -205,31 +205,15 @@ def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint_restorable(
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
 
 
-@pytest.mark.parametrize("flags,message", [
-    (("--config.train.no_such_field=1",), "no_such_field"),
-    (("--config.data.batch_size=-8",), "config.data.batch_size=-8: expected a positive integer"),
-    (("--config.data.batch_size=7", "--config.mesh.data_devices=2"), "config.data.batch_size=7"),
-    (("--config.model.name=ssd_huge",), "config.model.name='ssd_huge': expected one of"),
-])
-def test_bad_flags_give_one_clear_error(flags, message, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run(command(str(tmp_path), str(tmp_path), *flags), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert message in result.stderr
-  assert "Traceback" not in result.stderr
-
-
-def test_a_misspelled_choice_stops_before_any_work(tmp_path):
-  # eval.metric is read only by the first evaluation: validation must catch it before training.
-  workdir = tmp_path / "run"
-  result = subprocess.run(command(str(workdir), str(tmp_path), "--config.eval.metric=voc12"),
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 2, result.stderr[-3000:]
-  expected = "error: config.eval.metric='voc12': expected one of ('voc07', 'voc', 'coco')"
-  assert [line for line in result.stderr.splitlines() if "eval.metric" in line] == [expected]
-  assert "Traceback" not in result.stderr and "step " not in result.stderr
-  assert not os.path.exists(workdir / "checkpoints") and not checkpoint_steps(workdir)
+def test_the_loop_checks_the_batch_against_the_mesh_first(data_dir, tmp_path):
+  # The split over several devices: test_parallel (four devices); validation's own checks of
+  # batch_size and the command's exit status: test_configs, test_cli.
+  config = tiny_config(data_dir)
+  config.data.batch_size = 0
+  with pytest.raises(train.ConfigError, match=r"^config.data.batch_size=0: expected a positive "
+                                              r"multiple of the device count \(1\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_missing_workdir_is_named():
@@ -276,30 +260,33 @@ def test_init_from_starts_training_from_converted_weights(data_dir, tmp_path):
                jax.device_get(nnx.state(source, nnx.Param)))
 
 
+def ssd300_config(data_dir: str, **train_fields):
+  config = config_utils.load_config(os.path.join(CONFIG_DIR, "ssd300.py"))
+  config.data.data_dir = data_dir
+  config.train.update(train_fields)
+  return config
+
+
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
-                           f"--config={os.path.join(CONFIG_DIR, 'ssd300.py')}",
-                           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path}",
-                           "--config.train.init_from=scratch"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert "'voc/2007'" in result.stderr and "tfds build voc/2007" in result.stderr
-  assert str(tmp_path) in result.stderr.splitlines()[-1]
+  # The command's exit status 2 and single line for it: test_cli ("missing dataset").
+  with pytest.raises(FileNotFoundError) as error:
+    train.train_and_evaluate(ssd300_config(str(tmp_path), init_from="scratch"),
+                             str(tmp_path / "run"))
+  message = str(error.value)
+  assert "'voc/2007'" in message and "tfds build voc/2007" in message and str(tmp_path) in message
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_ssd300_without_backbone_weights_stops_first_naming_the_flag(tmp_path):
   # No dataset either: the missing weights are reported first, before anything is built.
-  result = subprocess.run([sys.executable, "-m", "ssd_jax.main",
-                           f"--config={os.path.join(CONFIG_DIR, 'ssd300.py')}",
-                           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  last = result.stderr.splitlines()[-1]
-  assert last.startswith("error: ssd300_vgg16 starts from pretrained weights")
+  with pytest.raises(train.ConfigError) as error:
+    train.train_and_evaluate(ssd300_config(str(tmp_path)), str(tmp_path / "run"))
+  message = str(error.value)
+  assert message.startswith("ssd300_vgg16 starts from pretrained weights") and "\n" not in message
   for text in ("--config.train.init_from=FILE", "IMAGENET1K_FEATURES", "vgg16_reducedfc.pth",
                "--config.train.init_from=scratch"):
-    assert text in last
-  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    assert text in message
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_profile_steps_write_a_trace_of_those_steps(data_dir, tmp_path):
