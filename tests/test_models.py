@@ -172,6 +172,7 @@ def _random_targets(config, batch: int):
     pytest.param("ssd300_resnet50", 0.125, marks=pytest.mark.slow),
     ("ssdlite_mobilenetv2", 0.25),
 ])
+@pytest.mark.usefixtures("fast_compile")
 def test_every_parameter_gets_a_gradient(config_name, width):
   config = load(config_name)
   config.model.width = width
@@ -195,6 +196,7 @@ def test_every_parameter_gets_a_gradient(config_name, width):
   assert not zero, f"parameters without gradient: {zero}"
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_batchnorm_updates_in_train_mode_only():
   config = load("ssd300_resnet34")
   config.model.width = 0.125
