@@ -1,190 +1,511 @@
-"""One prepared accelerator benchmark: what a GPU (or TPU) gives, in under 8 minutes in all.
+"""The prepared accelerator benchmark: what a GPU gives, each section checked against a float32
+CPU reference made beforehand, in under 8 minutes in all.
 
-Records, in ``--output``/results.json and as lines on stdout:
-- SSD300-VGG16 and SSD300-ResNet34, bfloat16 compute: train images/s at the largest batch that
-  fits (estimated from the compiled step's memory at a first batch, then tried, shrinking on
-  out-of-memory), and forward images/s at batches 1 and 64;
-- the training loop's images/s over the bare jitted step's on the quickstart model, with a
-  checkpoint every 100 steps (``bench_loop``), and how long each save blocks the loop;
-- the export: the quickstart checkpoint that run leaves is exported (``export.export_detector``)
-  and the exported file is run on this machine's default device (cuda on a GPU machine).
+Two steps (experiments/README.md, "A lent GPU"):
+1. here, on a CPU: ``python experiments/bench_accelerator.py --make_reference
+   runs/accelerator_reference`` computes in float32 what every section is checked against
+   (``reference.json``, ``reference.npz``) and trains the quickstart checkpoint that the export
+   section exports (``quickstart/``);
+2. on the accelerator, with that folder and the wheels of ``.whl/`` carried:
+   ``bash experiments/bench_accelerator.sh`` runs this script with ``--reference
+   runs/accelerator_reference --output $OUT`` on the image's own jax, without TensorFlow.
 
-Each section is timed against ``--budget_s``; a section that would start past it is recorded as
-skipped, so the script always ends in time with what it measured. ``--small`` shrinks everything
-(width 1/8 models, batches 1-2, a few steps, the tiny quickstart) so that the whole script runs on
-a CPU in CI.
+Sections, in this order; one that would start after ``--budget_s`` is recorded as skipped, a
+failing one as an error, and the next one runs:
+- ``environment``: package versions, devices and their memory;
+- ``<model> train bfloat16`` (SSD300-ResNet34, SSD300-VGG16, COCO configs): the jitted train
+  step on the reference batch (R images of ``train_step.synthetic_batch``) repeated to the batch
+  size, which
+  changes neither the loss nor a BatchNorm statistic. Compiled at 4R: the first step's loss and
+  gradient norm are checked against the reference's; then at the batch that XLA's memory
+  analysis of that compilation says fills 85% of the device memory (a multiple of R, at most
+  1024, cut by a quarter on out-of-memory): images/s, and XLA's FLOPs per image for the MFU
+  (SCALING.md). Compile seconds of both;
+- ``export``: the reference's quickstart checkpoint exported ``--format=jax`` here and the
+  exported file run on this machine's default device (cuda on a GPU) on the reference's images:
+  the detection counts and classes (score above 0.3) must equal the reference's; images/s at
+  batch 8;
+- ``quickstart loop vs bare step``: the training loop (``train.train_and_evaluate``, a
+  checkpoint every ``checkpoint_every`` steps) fed from batches in memory against the bare jitted
+  step on the same batches (``bench_loop``): images/s of each, their ratio, the seconds each save
+  blocks; the first step's loss checked;
+- ``<model> forward bfloat16 batch N`` (N = 1 and 64): the network alone, random weights, on the
+  reference images repeated: images/s, compile seconds, and the outputs for the reference images
+  within a relative L2 error of the reference's.
 
-Run on a GPU machine: ``experiments/bench_accelerator.sh`` (installs ``.[gpu]`` first), or
-``python experiments/bench_accelerator.py --output runs/bench_accelerator`` where JAX sees the GPU.
+``--small`` (CI, a CPU) runs every section on ``configs/quickstart.py:tiny`` in place of the
+SSD300s (each SSD300 program takes 10-20 s to compile on a CPU), forward batches 1 and 2, a few
+steps, and no budget. results.json says which checks failed; the exit status is 1 when one did
+or a section failed.
 """
 
 import argparse
+import importlib.metadata
+import importlib.util
+import itertools
 import json
+import logging
 import os
 import platform
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 
+from ssd_jax import xla_flags
+
+xla_flags.apply("train")  # before JAX starts (XLA reads XLA_FLAGS once); only on a CPU backend
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import config_utils, export, parallel, train_step, xla_flags
+from ssd_jax import config_utils, export, parallel, preprocess, train, train_step
 
 import bench_loop  # experiments/, beside this script
 import bench_model
 
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+# COCO's 81 classes, as the anchors in SCALING.md (MLPerf's and NVIDIA's SSD300s) train.
+MODELS = (("SSD300-ResNet34", "ssd300_resnet34.py:coco"), ("SSD300-VGG16", "ssd300.py:coco"))
+SMALL_MODELS = (("quickstart-tiny", "quickstart.py:tiny"),)
+LOSS_TOLERANCE = 2e-2  # relative, bfloat16 (or TF32) against float32
+# bfloat16 against float32 on a CPU (experiments/check_bf16_cpu.py; RESULTS.md, "bench_accelerator"):
+# SSD300-ResNet34's first loss 1.1e-3 apart, its gradient norm 2.3e-2, its forward outputs 5.9e-2
+# (relative L2; random weights through 34 layers), SSD300-VGG16's less. The tolerances leave room
+# for another device's kernels and still fail a wrong layer, whose errors are of order 1.
+GRAD_NORM_TOLERANCE = 0.1
+FORWARD_TOLERANCE = 0.15
+PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "chex",
+            "numpy", "ml-collections", "tensorboard", "pycocotools", "defusedxml")
+CARRIED = ("ml_collections", "pycocotools", "defusedxml")  # wheels on the device (README.md)
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-MODELS = (("SSD300-VGG16", "ssd300.py"), ("SSD300-ResNet34", "ssd300_resnet34.py"))
+
+class Sizes:
+  """What ``--small`` shrinks: models, batches, steps."""
+
+  def __init__(self, small: bool):
+    self.models = SMALL_MODELS if small else MODELS
+    self.quickstart = "tiny" if small else ""
+    self.reference_batch = 2 if small else 8  # R
+    self.first_batch = 4 * self.reference_batch
+    self.max_batch = 1024
+    self.train_steps = 2 if small else 20
+    self.forward_batches = (1, 2) if small else (1, 64)
+    self.forward_seconds = 0.2 if small else 3.0
+    self.loop_steps, self.checkpoint_every = (4, 2) if small else (300, 100)
+    # The quickstart's batch (None: the config's, 32). The CI run's is the reference batch: its
+    # float32 step is then the same program as the train section's reference step.
+    self.quickstart_batch = self.reference_batch if small else None
+    self.reference_train_steps = 8 if small else 300  # the exported quickstart checkpoint
+    self.export_batch = 2 if small else 8
+    # The export compares confident detections: the score threshold of the config's (0.01) lets
+    # candidates near it in, whose count another device's rounding can change. The CI run
+    # compares on one CPU and keeps the config's, which lets its barely trained model's in.
+    self.export_score_threshold = None if small else 0.3
 
 
-def model_config(file: str, batch: int, width: float):
-  config = config_utils.load_config(os.path.join(CONFIGS, file))
-  config.model.dtype = "bfloat16"
-  config.model.width = width
+def model_config(spec: str, dtype: str, batch: int):
+  """``configs/FILE[:VARIANT]`` with compute ``dtype`` and global batch ``batch``."""
+  file, _, variant = spec.partition(":")
+  config = config_utils.load_config(os.path.join(CONFIGS, file), variant or None)
+  config.model.dtype = dtype
   config.data.batch_size = batch
   return config
+
+
+def repeated(batch: dict, size: int) -> dict:
+  """``batch`` (R examples) repeated to ``size`` examples (a multiple of R)."""
+  count = len(next(iter(batch.values())))
+  return {k: np.concatenate([np.asarray(v)] * (size // count)) for k, v in batch.items()}
+
+
+def relative_check(value: float, reference: float, tolerance: float) -> dict:
+  error = abs(value - reference) / abs(reference)
+  return {"value": value, "reference": reference, "relative_error": error,
+          "tolerance": tolerance, "ok": bool(error <= tolerance)}
+
+
+def _first(analysis):
+  """Cost analyses are a dict, or a list of one dict in older jaxlibs."""
+  return analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+
+
+def flops_of(compiled) -> float | None:
+  """XLA's FLOP count of a compiled program, None where the backend gives none."""
+  try:
+    return float(_first(compiled.cost_analysis())["flops"])
+  except (NotImplementedError, KeyError, TypeError, IndexError):
+    return None
 
 
 def _out_of_memory(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
 
 
-def step_memory(config) -> tuple[float, float]:
-  """(bytes that grow with the batch, bytes that do not) of the compiled train step, from XLA's
-  memory analysis: temporaries scale with the batch, the state (arguments, outputs) does not."""
+# ---- the train step ----
+
+def compiled_step(config, reference_batch: dict) -> dict:
+  """The fresh state, the reference batch repeated to ``config``'s batch on the device, the
+  compiled train step and its compile seconds. The weights are ``bench_model.random_model``'s,
+  drawn on the host: the same on every machine, and no initialiser compiles on the device."""
   mesh = parallel.create_mesh(config)
-  _, state, step = train_step.make_step(config, mesh)
-  batch = parallel.global_batch(train_step.synthetic_batch(config), mesh)
-  analysis = step.lower(state, batch).compile().memory_analysis()
-  fixed = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-  return float(analysis.temp_size_in_bytes), float(fixed)
+  _, state, step = train_step.make_step(config, mesh, bench_model.random_model(config))
+  batch = parallel.global_batch(repeated(reference_batch, config.data.batch_size), mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return {"state": state, "batch": batch, "compiled": compiled,
+          "compile_seconds": time.perf_counter() - start}
 
 
-def largest_batch(file: str, width: float, first: int, limit: int) -> int:
-  """The batch (a multiple of 8, at most ``limit``) whose step is estimated to fill 85% of the
-  device memory, from the compiled step at batch ``first``; ``first`` when memory is unknown."""
+def first_step(step: dict) -> dict[str, float]:
+  """Runs the first step of ``compiled_step``'s result (its state moves on); its metrics."""
+  step["state"], metrics = step["compiled"](step["state"], step["batch"])
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def largest_batch(compiled, first: int, multiple: int, limit: int) -> int:
+  """The batch whose step XLA's memory analysis of ``compiled`` (at batch ``first``) says fills
+  85% of the device memory: temporaries grow with the batch, arguments and outputs (the state)
+  do not. ``first`` where the device reports no memory limit (a CPU)."""
   stats = jax.devices()[0].memory_stats() or {}
-  if "bytes_limit" not in stats:
+  analysis = compiled.memory_analysis()
+  if "bytes_limit" not in stats or analysis is None:
     return first
-  per_batch, fixed = step_memory(model_config(file, first, width))
-  fit = first * (0.85 * stats["bytes_limit"] - fixed) / per_batch
-  return int(max(8, min(limit, fit // 8 * 8)))
+  fixed = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+  fit = first * (0.85 * stats["bytes_limit"] - fixed) / max(analysis.temp_size_in_bytes, 1)
+  return int(max(multiple, min(limit, fit // multiple * multiple)))
 
 
-def train_images_per_second(file: str, width: float, batch: int, steps: int) -> tuple[int, float]:
-  """(batch used, images/s) of the bare jitted step; a batch that does not fit is cut by 1/4."""
-  while True:
-    config = model_config(file, batch, width)
+def timed_steps(step: dict, steps: int) -> dict:
+  """Images/s of ``compiled_step``'s result over ``steps`` steps after one untimed step."""
+  state, batch, compiled = step["state"], step["batch"], step["compiled"]
+  state, _ = compiled(state, batch)  # every buffer allocated
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  size = len(batch["image"])
+  flops = flops_of(compiled)
+  return {"batch": size, "images_per_second": steps * size / (time.perf_counter() - start),
+          "compile_seconds": step["compile_seconds"], "flops_per_image": flops and flops / size,
+          "peak_bytes_in_use": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")}
+
+
+def train_section(spec: str, sizes: Sizes, reference: dict, reference_batch: dict) -> dict:
+  first = compiled_step(model_config(spec, "bfloat16", sizes.first_batch), reference_batch)
+  metrics = first_step(first)
+  checks = {"first_loss": relative_check(metrics["loss"], reference["first_loss"],
+                                         LOSS_TOLERANCE),
+            "first_grad_norm": relative_check(metrics["grad_norm"], reference["first_grad_norm"],
+                                              GRAD_NORM_TOLERANCE)}
+  batch = largest_batch(first["compiled"], sizes.first_batch, sizes.reference_batch,
+                        sizes.max_batch)
+  timed = timed_steps(first, sizes.train_steps) if batch == sizes.first_batch else None
+  del first  # its buffers, before the larger batch takes the memory
+  while timed is None:
     try:
-      mesh = parallel.create_mesh(config)
-      _, state, step = train_step.make_step(config, mesh)
-      data = parallel.global_batch(train_step.synthetic_batch(config), mesh)
-      for _ in range(2):  # compilation, then one step with every buffer allocated
-        state, _ = step(state, data)
-      jax.block_until_ready(state)
-      start = time.perf_counter()
-      for _ in range(steps):
-        state, _ = step(state, data)
-      jax.block_until_ready(state)
-      return batch, steps * batch / (time.perf_counter() - start)
+      timed = timed_steps(compiled_step(model_config(spec, "bfloat16", batch), reference_batch),
+                          sizes.train_steps)
     except Exception as error:  # pylint: disable=broad-except
-      if not _out_of_memory(error) or batch <= 1:
+      if not _out_of_memory(error) or batch <= sizes.first_batch:
         raise
-      batch = max(1, batch * 3 // 4 // 8 * 8 or batch // 2)
+      batch = max(sizes.first_batch, batch * 3 // 4 // sizes.reference_batch
+                  * sizes.reference_batch)
       print(f"  out of memory; trying batch {batch}", flush=True)
+  return {**timed, "first_batch": sizes.first_batch, "first_loss": metrics["loss"],
+          "checks": checks}
 
 
-def forward_images_per_second(file: str, width: float, batch: int, min_time: float) -> float:
-  config = model_config(file, batch, width)
-  params, forward, _ = bench_model.jax_programs(bench_model.random_model(config))
+# ---- the forward pass ----
+
+def forward_images(config, count: int = 2) -> np.ndarray:
+  """``count`` normalised-looking random images [count, S, S, 3] float32, a function of nothing."""
   size = config.model.image_size
-  images = jax.random.normal(jax.random.key(1), (batch, size, size, 3), jnp.bfloat16)
-  seconds = bench_model.timed(lambda: jax.block_until_ready(forward(params, images)), min_time)
-  return batch / seconds
+  return np.random.default_rng(1).normal(size=(count, size, size, 3)).astype(np.float32)
 
 
-def run_export(config, workdir: str, output: str, batch: int) -> dict:
-  """Exports the latest checkpoint of ``workdir`` and runs the exported file on the default device."""
-  export.export_detector(config, workdir, output, formats=("jax",))
-  with open(os.path.join(output, export.FILES["jax"]), "rb") as f:
-    exported = jax.export.deserialize(f.read())
-  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 480, 640, 3), np.uint8))
-  outputs = exported.call(images)
-  jax.block_until_ready(outputs)
-  seconds = bench_model.timed(lambda: jax.block_until_ready(exported.call(images)), 2.0)
-  platforms = sorted({device.platform for device in outputs["boxes"].devices()})
-  return {"ran_on": platforms, "exported_for": list(exported.platforms),
-          "images_per_second": batch / seconds, "batch": batch,
-          "boxes_shape": list(outputs["boxes"].shape)}
+def forward_outputs(spec: str, dtype: str, batch: int) -> tuple[Callable, tuple, np.ndarray]:
+  """(compiled forward pass, its arguments, compile seconds) of ``spec``'s network with
+  ``bench_model.random_model``'s weights on ``forward_images`` repeated to ``batch``."""
+  config = model_config(spec, dtype, batch)
+  params, forward, _ = bench_model.jax_programs(bench_model.random_model(config))
+  images = forward_images(config)
+  images = repeated({"x": images}, batch)["x"] if batch >= len(images) else images[:batch]
+  args = (params, jnp.asarray(images, config.model.dtype))
+  start = time.perf_counter()
+  compiled = forward.lower(*args).compile()
+  return compiled, args, time.perf_counter() - start
+
+
+def flat_outputs(outputs) -> np.ndarray:
+  """(loc [B, P, 4], logits [B, P, C]) -> [B, P * (4 + C)] float32."""
+  loc, logits = (np.asarray(o, np.float32) for o in jax.device_get(outputs))
+  return np.concatenate([loc.reshape(len(loc), -1), logits.reshape(len(logits), -1)], axis=1)
+
+
+def forward_section(spec: str, batch: int, sizes: Sizes, reference: np.ndarray) -> dict:
+  compiled, args, seconds = forward_outputs(spec, "bfloat16", batch)
+  got = flat_outputs(compiled(*args))[:len(reference)]
+  expected = reference[:len(got)]
+  errors = np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)
+  images_per_second = batch / bench_model.timed(
+      lambda: jax.block_until_ready(compiled(*args)), sizes.forward_seconds)
+  return {"images_per_second": images_per_second, "compile_seconds": seconds,
+          "flops_per_image": (flops_of(compiled) or 0) / batch or None,
+          "checks": {"outputs": {"relative_l2_error": float(errors.max()),
+                                 "tolerance": FORWARD_TOLERANCE,
+                                 "ok": bool(errors.max() <= FORWARD_TOLERANCE)}}}
+
+
+# ---- the quickstart: loop, bare step, export ----
+
+def quickstart_config(sizes: Sizes, num_steps: int, checkpoint_every: int):
+  config = bench_loop.quickstart_config(sizes.quickstart, tempfile.gettempdir(), num_steps,
+                                        checkpoint_every)
+  if sizes.export_score_threshold is not None:
+    config.detection.score_threshold = sizes.export_score_threshold
+  if sizes.quickstart_batch is not None:
+    config.data.batch_size = sizes.quickstart_batch
+  return config
+
+
+def quickstart_batches(config, count: int = 8) -> list[dict]:
+  """``count`` synthetic batches as the input pipeline gives them: 8-bit pixels, normalised."""
+  batches = []
+  for seed in range(count):
+    batch = train_step.synthetic_batch(config, seed)
+    pixels = np.round(batch["image"] * 255)
+    batch["image"] = np.asarray(preprocess.normalize(pixels, config.model.input_mean,
+                                                     config.model.input_std))
+    batches.append(batch)
+  return batches
+
+
+def export_images(config, count: int) -> np.ndarray:
+  """uint8 RGB [count, S, S, 3]: synthetic pictures of seeds the training never saw."""
+  images = train_step.synthetic_batch(config, seed=1000)["image"]
+  return np.round(np.concatenate([images] * (count // len(images) + 1))[:count] * 255
+                  ).astype(np.uint8)
+
+
+def run_exported(config, checkpoint_dir: str, folder: str, images: np.ndarray) -> dict:
+  """Exports the latest checkpoint of ``checkpoint_dir`` (``--format=jax``) into ``folder`` and
+  runs the file on the default device: (outputs as numpy, compile seconds, images/s, where)."""
+  export.export_detector(config, checkpoint_dir, folder, formats=("jax",))
+  with open(os.path.join(folder, export.FILES["jax"]), "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  start = time.perf_counter()
+  outputs = jax.block_until_ready(exported.call(images))
+  seconds = time.perf_counter() - start
+  per_call = bench_model.timed(lambda: jax.block_until_ready(exported.call(images)), 2.0)
+  return {"outputs": {k: np.asarray(v) for k, v in outputs.items()}, "compile_seconds": seconds,
+          "images_per_second": len(images) / per_call,
+          "ran_on": sorted({d.platform for d in outputs["boxes"].devices()}),
+          "exported_for": list(exported.platforms)}
+
+
+def export_section(sizes: Sizes, reference_dir: str, expected: dict, scratch: str) -> dict:
+  config = quickstart_config(sizes, 1, 1)
+  got = run_exported(config, os.path.join(reference_dir, "quickstart"),
+                     os.path.join(scratch, "export"), export_images(config, sizes.export_batch))
+  outputs = got.pop("outputs")
+  counts, reference_counts = outputs["num_detections"], expected["num_detections"]
+  same = np.array_equal(counts, reference_counts)
+  rows = np.arange(outputs["scores"].shape[1]) < np.minimum(counts, reference_counts)[:, None]
+  differences = {
+      "classes_equal": bool(np.array_equal(outputs["classes"][rows], expected["classes"][rows])),
+      "max_score_difference": float(np.abs(outputs["scores"] - expected["scores"])[rows].max(
+          initial=0.0)),
+      "max_box_difference_px": float(np.abs(outputs["boxes"] - expected["boxes"])[rows].max(
+          initial=0.0))}
+  return {**got, "batch": sizes.export_batch, "num_detections": counts.tolist(), **differences,
+          "checks": {"num_detections": {"value": counts.tolist(),
+                                        "reference": reference_counts.tolist(),
+                                        "ok": bool(same and differences["classes_equal"])}}}
+
+
+def loop_section(sizes: Sizes, expected_first_loss: float, scratch: str) -> dict:
+  warmup = 2
+  config = quickstart_config(sizes, warmup + sizes.loop_steps + 2, sizes.checkpoint_every)
+  batches = quickstart_batches(config)
+  bare, first = bench_loop.bare_step(config, batches, sizes.loop_steps)
+  loop, saves = bench_loop.loop_figures(config, warmup, sizes.loop_steps, cached=batches,
+                                        workdir=tempfile.mkdtemp(prefix="loop_", dir=scratch))
+  return {"batch": config.data.batch_size, "steps": sizes.loop_steps,
+          "checkpoint_every": sizes.checkpoint_every, "bare_images_per_second": bare,
+          "loop_images_per_second": loop, "loop_over_bare": loop / bare,
+          "save_block_seconds": saves,
+          "checks": {"first_loss": relative_check(first["loss"], expected_first_loss,
+                                                  LOSS_TOLERANCE)}}
+
+
+def environment() -> dict:
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  stats = devices[0].memory_stats() or {}
+  carried = {name: getattr(importlib.util.find_spec(name), "origin", None) for name in CARRIED}
+  return {"python": platform.python_version(), "versions": versions, "carried": carried,
+          "backend": jax.default_backend(), "devices": [str(d) for d in devices],
+          "device_kind": devices[0].device_kind, "bytes_limit": stats.get("bytes_limit"),
+          "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+# ---- the two modes ----
+
+def make_reference(folder: str, sizes: Sizes, small: bool) -> None:
+  """Writes ``folder``/reference.json, reference.npz and quickstart/ (float32, this machine)."""
+  os.makedirs(folder, exist_ok=True)
+  arrays, models = {}, {}
+  for label, spec in sizes.models:
+    config = model_config(spec, "float32", sizes.reference_batch)
+    step = compiled_step(config, train_step.synthetic_batch(config))
+    metrics = first_step(step)
+    compiled, args, _ = forward_outputs(spec, "float32", 2)
+    arrays[f"{label}/forward"] = flat_outputs(compiled(*args))
+    models[label] = {"config": spec, "first_loss": metrics["loss"],
+                     "first_grad_norm": metrics["grad_norm"],
+                     "train_flops_per_image": (flops_of(step["compiled"]) or 0)
+                                              / sizes.reference_batch or None,
+                     "forward_flops_per_image": (flops_of(compiled) or 0) / 2 or None}
+    print(f"{label}: {json.dumps(models[label])}", flush=True)
+
+  steps = sizes.reference_train_steps
+  config = quickstart_config(sizes, steps, steps)
+  batches = quickstart_batches(config)
+  _, first = bench_loop.bare_step(config, batches, 0)
+  train.train_and_evaluate(config, os.path.join(folder, "quickstart"),
+                           input_fn=lambda start: itertools.islice(itertools.cycle(batches),
+                                                                   start, None))
+  with tempfile.TemporaryDirectory() as scratch:
+    got = run_exported(config, os.path.join(folder, "quickstart"), scratch,
+                       export_images(config, sizes.export_batch))
+  arrays.update({f"export/{k}": v for k, v in got["outputs"].items()})
+  info = {"small": small, "reference_batch": sizes.reference_batch, "jax": jax.__version__,
+          "device": jax.devices()[0].device_kind, "machine": environment()["machine"],
+          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": models,
+          "quickstart": {"variant": sizes.quickstart, "first_loss": first["loss"],
+                         "train_steps": steps,
+                         "num_detections": got["outputs"]["num_detections"].tolist()}}
+  np.savez(os.path.join(folder, "reference.npz"), **arrays)
+  with open(os.path.join(folder, "reference.json"), "w") as f:
+    json.dump(info, f, indent=2)
+  print(f"reference written to {folder}: {json.dumps(info['quickstart'])}", flush=True)
+
+
+def load_reference(folder: str, small: bool) -> tuple[dict, dict]:
+  path = os.path.join(folder, "reference.json")
+  if not os.path.exists(path):
+    sys.exit(f"--reference={folder}: no reference.json there; make it first with "
+             f"--make_reference={folder}{' --small' if small else ''} (experiments/README.md)")
+  with open(path) as f:
+    info = json.load(f)
+  if info["small"] != small:
+    sys.exit(f"--reference={folder} was made {'with' if info['small'] else 'without'} --small; "
+             f"this run is {'with' if small else 'without'} it")
+  with np.load(os.path.join(folder, "reference.npz")) as arrays:
+    return info, dict(arrays)
+
+
+def benchmark(args, sizes: Sizes) -> int:
+  """Runs the sections against ``args.reference``; returns the exit status."""
+  started = time.monotonic()
+  info, arrays = load_reference(args.reference, args.small)
+  os.makedirs(args.output, exist_ok=True)
+  scratch = tempfile.mkdtemp(prefix="bench_accelerator_")
+  bench_loop.quiet_logging()
+  results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "small": args.small,
+             "selected": args.sections or "all",
+             "jax": jax.__version__, "device": f"{jax.device_count()} x "
+             f"{jax.devices()[0].device_kind}", "budget_s": args.budget_s,
+             "reference": {k: info[k] for k in ("date", "machine", "jax", "reference_batch")},
+             "sections": {}, "skipped": [], "errors": {}, "checks_failed": []}
+
+  def write():
+    results["seconds"] = time.monotonic() - started
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+
+  def section(name: str, run: Callable[[], dict]) -> None:
+    if args.sections and name != "environment" and not any(w in name for w in args.sections):
+      return
+    if time.monotonic() - started > args.budget_s:
+      results["skipped"].append(name)
+      print(f"{name}: skipped, past the {args.budget_s:.0f} s budget", flush=True)
+      return
+    begin = time.monotonic()
+    try:
+      record = run()
+    except Exception as error:  # pylint: disable=broad-except  (the next sections still run)
+      logging.exception("section %s failed", name)
+      results["errors"][name] = f"{type(error).__name__}: {error}"[:2000]
+      print(f"{name}: FAILED {results['errors'][name][:300]}", flush=True)
+      write()
+      return
+    record["seconds"] = time.monotonic() - begin
+    results["sections"][name] = record
+    failed = [check for check, value in record.get("checks", {}).items() if not value["ok"]]
+    results["checks_failed"] += [f"{name}: {check}" for check in failed]
+    print(f"{name}: {json.dumps(record)}{'  CHECK FAILED: ' + ', '.join(failed) if failed else ''}",
+          flush=True)
+    write()
+
+  section("environment", environment)
+  for label, spec in sizes.models:
+    reference_batch = train_step.synthetic_batch(model_config(spec, "float32",
+                                                              sizes.reference_batch))
+    section(f"{label} train bfloat16",
+            lambda spec=spec, label=label, batch=reference_batch: train_section(
+                spec, sizes, info["models"][label], batch))
+  expected = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("export/")}
+  section("export", lambda: export_section(sizes, args.reference, expected, scratch))
+  section("quickstart loop vs bare step",
+          lambda: loop_section(sizes, info["quickstart"]["first_loss"], scratch))
+  for label, spec in sizes.models:
+    for batch in sizes.forward_batches:
+      section(f"{label} forward bfloat16 batch {batch}",
+              lambda spec=spec, label=label, batch=batch: forward_section(
+                  spec, batch, sizes, arrays[f"{label}/forward"]))
+  results["tensorflow_loaded"] = "tensorflow" in sys.modules
+  write()
+  print(f"done in {results['seconds']:.0f} s: {len(results['sections'])} sections, skipped "
+        f"{results['skipped'] or 'none'}, errors {list(results['errors']) or 'none'}, failed checks "
+        f"{results['checks_failed'] or 'none'}; {os.path.join(args.output, 'results.json')}",
+        flush=True)
+  return 1 if results["errors"] or results["checks_failed"] else 0
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--output", default="runs/bench_accelerator")
+  parser.add_argument("--make_reference", metavar="DIR", default=None,
+                      help="write the float32 reference into DIR (here, on a CPU) and stop")
+  parser.add_argument("--reference", default="runs/accelerator_reference",
+                      help="the folder --make_reference wrote (carried to the device)")
+  parser.add_argument("--output", default="runs/bench_accelerator",
+                      help="where results.json goes")
   parser.add_argument("--small", action="store_true", help="shrunk, for a CPU (CI)")
   parser.add_argument("--budget_s", type=float, default=None,
-                      help="no section starts after this many seconds (default 330; none with "
+                      help="no section starts after this many seconds (default 380; none with "
                            "--small, whose CI run must cover every section)")
-  parser.add_argument("--data_dir", default=None, help="quickstart data (default: OUTPUT/data)")
+  parser.add_argument("--sections", type=lambda text: [w for w in text.split(",") if w],
+                      default=[], help="comma-separated words: only the sections whose names "
+                      "hold one of them run (and environment), e.g. a rerun of 'export,VGG16'")
   args = parser.parse_args()
-  xla_flags.apply("train")  # before JAX starts (XLA reads XLA_FLAGS once)
-  started = time.monotonic()
-  small = args.small
-  budget = args.budget_s if args.budget_s is not None else (float("inf") if small else 330.0)
-  width, first_batch, max_batch = (0.125, 2, 2) if small else (1.0, 32, 1024)
-  train_steps, forward_batches = (2, (1, 2)) if small else (20, (1, 64))
-  os.makedirs(args.output, exist_ok=True)
-  bench_loop.quiet_logging()
-  results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
-             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-             "backend": jax.default_backend(), "jax": jax.__version__,
-             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "small": small,
-             "skipped": []}
-
-  def section(name, fn):
-    if time.monotonic() - started > budget:
-      results["skipped"].append(name)
-      print(f"{name}: skipped, past the {budget:.0f} s budget", flush=True)
-      return
-    begin = time.monotonic()
-    results[name] = fn()
-    print(f"{name}: {json.dumps(results[name])} ({time.monotonic() - begin:.0f} s)", flush=True)
-    with open(os.path.join(args.output, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-
-  for label, file in MODELS:
-    def train(file=file):
-      batch = largest_batch(file, width, first_batch, max_batch)
-      batch, images_per_s = train_images_per_second(file, width, batch, train_steps)
-      return {"batch": batch, "images_per_second": images_per_s}
-    section(f"{label} train bfloat16", train)
-    for batch in forward_batches:
-      section(f"{label} forward bfloat16 batch {batch}",
-              lambda file=file, batch=batch: {"images_per_second": forward_images_per_second(
-                  file, width, batch, 0.5 if small else 3.0)})
-
-  loop_steps, every = (4, 2) if small else (300, 100)
-  config = bench_loop.quickstart_config("tiny" if small else "",
-                                        args.data_dir or os.path.join(args.output, "data"),
-                                        2 + loop_steps + 2, every)
-  workdir = tempfile.mkdtemp(prefix="loop_", dir=os.path.abspath(args.output))
-
-  def loop():
-    bare = bench_loop.bare_images_per_second(config, loop_steps)
-    images_per_s, saves = bench_loop.loop_figures(config, 2, loop_steps, workdir=workdir)
-    return {"batch": config.data.batch_size, "checkpoint_every": every,
-            "bare_images_per_second": bare, "loop_images_per_second": images_per_s,
-            "loop_over_bare": images_per_s / bare, "save_block_seconds": saves}
-  section("quickstart loop vs bare step", loop)
-  if "quickstart loop vs bare step" in results:
-    section("export", lambda: run_export(config, workdir, os.path.join(args.output, "export"),
-                                         2 if small else 8))
-  results["seconds"] = time.monotonic() - started
-  with open(os.path.join(args.output, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"done in {results['seconds']:.0f} s; {os.path.join(args.output, 'results.json')}")
+  sizes = Sizes(args.small)
+  if args.make_reference:
+    make_reference(args.make_reference, sizes, args.small)
+    return
+  if args.budget_s is None:
+    args.budget_s = float("inf") if args.small else 380.0
+  sys.exit(benchmark(args, sizes))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssd_jax import checkpoint, config_utils, data, parallel, train, train_step, xla_flags
+from ssd_jax import checkpoint, config_utils, parallel, train, train_step, xla_flags
 
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -48,33 +48,35 @@ def quickstart_config(variant: str, data_dir: str, num_steps: int,
   return config
 
 
-def bare_images_per_second(config, steps: int, distinct: int = 8) -> float:
-  """Images/s of the jitted step on ``distinct`` pipeline batches (cycled) already on the device."""
+def pipeline_batches(config, count: int = 8) -> list[dict]:
+  """The first ``count`` host batches of the tf.data pipeline (TF is imported here only: the
+  accelerator benchmark runs this module's loop without it, on batches from memory)."""
+  from ssd_jax import data  # pylint: disable=g-import-not-at-top
+  return list(itertools.islice(data.train_iterator(config), count))
+
+
+def bare_step(config, batches: list, steps: int) -> tuple[float, dict[str, float]]:
+  """(images/s of the jitted step on host ``batches`` (cycled) already on the device, the metrics
+  of its first step). Two steps compile and warm up before the timed ``steps``."""
   mesh = parallel.create_mesh(config)
   _, state, step = train_step.make_step(config, mesh)
-  batches = [parallel.global_batch(batch, mesh)
-             for batch in itertools.islice(data.train_iterator(config), distinct)]
-  for batch in batches[:2]:  # compilation
-    state, _ = step(state, batch)
+  batches = [parallel.global_batch(batch, mesh) for batch in batches]
+  first = None
+  for i in range(2):  # compilation
+    state, metrics = step(state, batches[i % len(batches)])
+    first = first or {k: float(v) for k, v in jax.device_get(metrics).items()}
   jax.block_until_ready(state)
   start = time.perf_counter()
   for i in range(steps):
-    state, _ = step(state, batches[i % distinct])
+    state, _ = step(state, batches[i % len(batches)])
   jax.block_until_ready(state)
-  return steps * config.data.batch_size / (time.perf_counter() - start)
+  return steps * config.data.batch_size / (time.perf_counter() - start), first
 
 
 @contextlib.contextmanager
-def _instrumented(cached: list | None):
-  """Records when the loop takes each batch and how long each checkpoint save blocks it."""
-  taken, saves = [], []
-  real_iterator, real_save = data.train_iterator, checkpoint.save
-
-  def iterator(config, start_step=0, source=None):
-    source_batches = itertools.cycle(cached) if cached else real_iterator(config, start_step, source)
-    for batch in source_batches:
-      taken.append(time.perf_counter())
-      yield batch
+def _timed_saves():
+  """Records how long each checkpoint save blocks the loop."""
+  saves, real_save = [], checkpoint.save
 
   def save(*args, **kwargs):
     start = time.perf_counter()
@@ -82,25 +84,34 @@ def _instrumented(cached: list | None):
     saves.append(time.perf_counter() - start)
     return result
 
-  data.train_iterator, checkpoint.save = iterator, save
+  checkpoint.save = save
   try:
-    yield taken, saves
+    yield saves
   finally:
-    data.train_iterator, checkpoint.save = real_iterator, real_save
+    checkpoint.save = real_save
 
 
 def loop_figures(config, warmup: int, steps: int, cached: list | None = None,
                  workdir: str | None = None) -> tuple[float, list[float]]:
   """(images/s of the loop between batches ``warmup`` and ``warmup + steps``, seconds each save
-  blocked the loop). ``workdir`` (default: a temporary one) keeps the run's checkpoints."""
+  blocked the loop). The loop is fed from host batches ``cached`` (cycled), else from the tf.data
+  pipeline; ``workdir`` (default: a temporary one) keeps the run's checkpoints."""
+  taken = []
+
+  def input_fn(start_step: int):
+    source = itertools.cycle(cached) if cached else train.pipeline_input(config)(start_step)
+    for batch in source:
+      taken.append(time.perf_counter())  # when the loop takes each batch
+      yield batch
+
   with contextlib.ExitStack() as stack:
     if workdir is None:
       workdir = stack.enter_context(tempfile.TemporaryDirectory())
-    taken, saves = stack.enter_context(_instrumented(cached))
+    saves = stack.enter_context(_timed_saves())
     handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
     logging.getLogger().addHandler(handler)
     try:
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir, input_fn=input_fn)
     finally:
       logging.getLogger().removeHandler(handler)
   seconds = taken[warmup + steps] - taken[warmup]
@@ -140,16 +151,15 @@ def main():
   print(f"quickstart{':' + args.variant if args.variant else ''}, batch {config.data.batch_size}, "
         f"window {args.steps} steps, checkpoint every {args.checkpoint_every}, dispatch ahead "
         f"{config.train.get('dispatch_ahead', 'none (the loop syncs every step)')}")
-  cached = None
-  if args.cached:
-    cached = list(itertools.islice(data.train_iterator(config), 8))
+  batches = pipeline_batches(config)  # the bare step's, and the cached loop's with --cached
+  cached = batches if args.cached else None
   rows = []
   for repeat in range(args.repeats):
-    bare_before = bare_images_per_second(config, args.steps)
+    bare_before = bare_step(config, batches, args.steps)[0]
     loop, saves = loop_figures(config, args.warmup, args.steps)
     cached_loop = (loop_figures(config, args.warmup, args.steps, cached)[0] if cached
                    else float("nan"))
-    bare = (bare_before + bare_images_per_second(config, args.steps)) / 2
+    bare = (bare_before + bare_step(config, batches, args.steps)[0]) / 2
     rows.append((bare, loop, loop / bare, cached_loop / bare, float(np.median(saves[:-1] or saves)),
                  saves[-1]))
     print(f"repeat {repeat}: bare {bare:.1f} img/s, loop {loop:.1f} img/s, loop/bare "

@@ -1,32 +1,136 @@
-"""The prepared accelerator benchmark runs end to end in its shrunk CPU form (`--small`)."""
+"""The accelerator benchmark in its CPU form (``--small``) where the device image's packages are
+all there is: importing TensorFlow raises, nothing is installed. Its float32 reference is made
+first, as it would be here before a device run, and every section of the benchmark must run and
+pass its check against it; a wrong reference must fail the run.
+
+This is also the CI run of the compute path without TensorFlow: the benchmark's sections train
+the tiny model through the loop on batches in memory and export it ``--format=jax``."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "experiments", "bench_accelerator.py")
+ABSENT = ("tensorflow", "tensorflow_datasets")  # not on the device image, too large to carry
 
 
-@pytest.mark.slow
-def test_small_accelerator_benchmark_records_every_figure(tmp_path):
-  env = dict(os.environ, SSD_JAX_BENCH_INSTALL="0", PYTHON=sys.executable, PYTHONPATH=REPO)
+def environment(tmp_path) -> dict:
+  """The device image's view: ``tensorflow`` and ``tensorflow_datasets`` raise
+  ModuleNotFoundError on import (packages of that name first on PYTHONPATH), no wheel folder.
+  XLA barely optimises (their speed is not tested; both sides of each check alike), and the
+  runs share conftest's compilation cache (the quickstart's programs compile once)."""
+  absent = tmp_path / "absent"
+  for name in ABSENT:
+    (absent / name).mkdir(parents=True)
+    (absent / name / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{name}' (absent on the device image)\", "
+        f"name='{name}')\n")
+  (tmp_path / "no_wheels").mkdir()
+  return dict(os.environ, PYTHONPATH=f"{absent}:{REPO}", PYTHON=sys.executable,
+              SSD_JAX_WHEELS=str(tmp_path / "no_wheels"), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+
+
+def benchmark(env, reference, output, *flags):
+  """bench_accelerator.sh --small against ``reference``: (exit status, results, console)."""
   result = subprocess.run(["bash", os.path.join(REPO, "experiments", "bench_accelerator.sh"),
-                           "--small", f"--output={tmp_path}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / "results.json") as f:
-    results = json.load(f)
-  assert results["small"] and results["skipped"] == []
-  for model in ("SSD300-VGG16", "SSD300-ResNet34"):
-    assert results[f"{model} train bfloat16"]["batch"] == 2
-    assert results[f"{model} train bfloat16"]["images_per_second"] > 0
-    for batch in (1, 2):
-      assert results[f"{model} forward bfloat16 batch {batch}"]["images_per_second"] > 0
-  loop = results["quickstart loop vs bare step"]
-  assert loop["loop_images_per_second"] > 0 and loop["bare_images_per_second"] > 0
+                           "--small", f"--reference={reference}", *flags],
+                          env=dict(env, OUT=str(output)), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  with open(output / "results.json") as f:
+    return result.returncode, json.load(f), result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("bench_accelerator")
+  env = environment(tmp_path)
+  reference = tmp_path / "reference"
+  made = subprocess.run([sys.executable, SCRIPT, "--small", f"--make_reference={reference}"],
+                        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert made.returncode == 0, made.stderr[-3000:]
+  status, results, console = benchmark(env, reference, tmp_path / "out")
+  with open(reference / "reference.json") as f:
+    info = json.load(f)
+  return {"env": env, "tmp_path": tmp_path, "reference": reference, "info": info,
+          "status": status, "results": results, "console": console}
+
+
+def test_every_section_runs_without_tensorflow_and_passes_its_check(run):
+  results, console = run["results"], run["console"]
+  assert run["status"] == 0, console[-3000:]
+  assert (results["errors"], results["skipped"], results["checks_failed"]) == ({}, [], [])
+  assert list(results["sections"]) == [
+      "environment", "quickstart-tiny train bfloat16", "export", "quickstart loop vs bare step",
+      "quickstart-tiny forward bfloat16 batch 1", "quickstart-tiny forward bfloat16 batch 2"]
+  assert not results["tensorflow_loaded"]
+  assert "ModuleNotFoundError" not in console
+  environment_ = results["sections"]["environment"]
+  assert environment_["backend"] == "cpu" and environment_["versions"]["ml-collections"]
+  with open(run["tmp_path"] / "out" / "log.txt") as f:
+    assert "done in" in f.read()  # the script's log is kept beside its results
+
+
+def test_sections_compare_with_the_carried_reference(run):
+  sections, info = run["results"]["sections"], run["info"]
+  expected = info["models"]["quickstart-tiny"]
+  train = sections["quickstart-tiny train bfloat16"]
+  # bfloat16 against float32, on the reference batch repeated 4 times (the same loss).
+  assert train["first_batch"] == 4 * info["reference_batch"] == 8 == train["batch"]
+  for name, key in (("first_loss", "first_loss"), ("first_grad_norm", "first_grad_norm")):
+    check = train["checks"][name]
+    assert check["reference"] == expected[key] and check["ok"]
+    assert check["relative_error"] == pytest.approx(
+        abs(check["value"] - expected[key]) / expected[key])
+    assert 0 < check["relative_error"] <= check["tolerance"]  # bfloat16 is not float32
+  assert train["flops_per_image"] == pytest.approx(expected["train_flops_per_image"], rel=0.1)
+
+  for batch in (1, 2):
+    check = sections[f"quickstart-tiny forward bfloat16 batch {batch}"]["checks"]["outputs"]
+    assert 0 < check["relative_l2_error"] <= check["tolerance"] and check["ok"]
+
+  loop = sections["quickstart loop vs bare step"]
+  assert loop["checks"]["first_loss"]["reference"] == info["quickstart"]["first_loss"]
+  assert loop["checks"]["first_loss"]["relative_error"] < 1e-5  # float32 on the same CPU
   assert len(loop["save_block_seconds"]) == 4  # steps 2, 4, 6 and the final 8
-  assert results["export"]["ran_on"] == ["cpu"] and "cuda" in results["export"]["exported_for"]
-  assert results["export"]["boxes_shape"][0] == 2
+
+  exported = sections["export"]
+  assert exported["ran_on"] == ["cpu"] and "cuda" in exported["exported_for"]
+  assert exported["num_detections"] == info["quickstart"]["num_detections"]
+  assert min(exported["num_detections"]) > 0 and exported["classes_equal"]
+  assert exported["checks"]["num_detections"]["ok"]
+
+
+def test_a_wrong_reference_fails_the_run(run, tmp_path):
+  reference = tmp_path / "reference"
+  reference.mkdir()
+  for name in ("reference.json", "quickstart"):
+    os.symlink(run["reference"] / name, reference / name)
+  arrays = dict(np.load(run["reference"] / "reference.npz"))
+  arrays["export/num_detections"] = arrays["export/num_detections"] - 1
+  np.savez(reference / "reference.npz", **arrays)
+  status, results, _ = benchmark(run["env"], reference, tmp_path / "out", "--sections=export")
+  assert status == 1
+  assert list(results["sections"]) == ["environment", "export"]
+  assert results["checks_failed"] == ["export: num_detections"]
+
+
+def test_the_carried_wheels_are_the_versions_ci_tested():
+  """experiments/README.md's download line names each wheel the device lacks at the version
+  constraints.txt pins (what CI passed with)."""
+  with open(os.path.join(REPO, "experiments", "README.md")) as f:
+    readme = f.read()
+  with open(os.path.join(REPO, "constraints.txt")) as f:
+    pins = dict(line.strip().split("==") for line in f if "==" in line)
+  normal = lambda name: name.lower().replace("_", "-")  # noqa: E731
+  pins = {normal(name): version for name, version in pins.items()}
+  download = readme[readme.index("pip download"):readme.index("\n\n", readme.index("pip download"))]
+  wheels = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][A-Za-z0-9.]*)", download))
+  assert {normal(name) for name in wheels} == {"ml-collections", "pycocotools", "defusedxml"}
+  for name, version in wheels.items():
+    assert pins[normal(name)] == version, name
