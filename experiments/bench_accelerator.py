@@ -71,10 +71,10 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config
 MODELS = (("SSD300-ResNet34", "ssd300_resnet34.py:coco"), ("SSD300-VGG16", "ssd300.py:coco"))
 SMALL_MODELS = (("quickstart-tiny", "quickstart.py:tiny"),)
 LOSS_TOLERANCE = 2e-2  # relative, bfloat16 (or TF32) against float32
-# bfloat16 against float32 on a CPU (experiments/check_bf16_cpu.py; RESULTS.md, "bench_accelerator"):
-# SSD300-ResNet34's first loss 1.1e-3 apart, its gradient norm 2.3e-2, its forward outputs 5.9e-2
-# (relative L2; random weights through 34 layers), SSD300-VGG16's less. The tolerances leave room
-# for another device's kernels and still fail a wrong layer, whose errors are of order 1.
+# bfloat16 against float32 on a CPU (experiments/check_bf16_cpu.py; RESULTS.md, issue 24):
+# SSD300-ResNet34's first loss 3.4e-4 apart, its gradient norm 6.2e-3, its forward outputs 5.8e-2
+# (relative L2; random weights through 34 layers), SSD300-VGG16's 8.4e-5, 3.6e-3 and 7.4e-3. The
+# tolerances leave room for another device's kernels and still fail a wrong layer (errors ~1).
 GRAD_NORM_TOLERANCE = 0.1
 FORWARD_TOLERANCE = 0.15
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "chex",
@@ -222,12 +222,13 @@ def train_section(spec: str, sizes: Sizes, reference: dict, reference_batch: dic
 # ---- the forward pass ----
 
 def forward_images(config, count: int = 2) -> np.ndarray:
-  """``count`` normalised-looking random images [count, S, S, 3] float32, a function of nothing."""
+  """``count`` normalised-looking random images [count, S, S, 3] float32, the same on every
+  machine (seeded numpy)."""
   size = config.model.image_size
   return np.random.default_rng(1).normal(size=(count, size, size, 3)).astype(np.float32)
 
 
-def forward_outputs(spec: str, dtype: str, batch: int) -> tuple[Callable, tuple, np.ndarray]:
+def forward_outputs(spec: str, dtype: str, batch: int) -> tuple[Callable, tuple, float]:
   """(compiled forward pass, its arguments, compile seconds) of ``spec``'s network with
   ``bench_model.random_model``'s weights on ``forward_images`` repeated to ``batch``."""
   config = model_config(spec, dtype, batch)
@@ -263,6 +264,8 @@ def forward_section(spec: str, batch: int, sizes: Sizes, reference: np.ndarray) 
 # ---- the quickstart: loop, bare step, export ----
 
 def quickstart_config(sizes: Sizes, num_steps: int, checkpoint_every: int):
+  """The quickstart as the loop, the export and their reference use it (no data is read: the
+  batches come from memory)."""
   config = bench_loop.quickstart_config(sizes.quickstart, tempfile.gettempdir(), num_steps,
                                         checkpoint_every)
   if sizes.export_score_threshold is not None:
@@ -477,8 +480,8 @@ def benchmark(args, sizes: Sizes) -> int:
   results["tensorflow_loaded"] = "tensorflow" in sys.modules
   write()
   print(f"done in {results['seconds']:.0f} s: {len(results['sections'])} sections, skipped "
-        f"{results['skipped'] or 'none'}, errors {list(results['errors']) or 'none'}, failed checks "
-        f"{results['checks_failed'] or 'none'}; {os.path.join(args.output, 'results.json')}",
+        f"{results['skipped'] or 'none'}, errors {list(results['errors']) or 'none'}, failed "
+        f"checks {results['checks_failed'] or 'none'}; {os.path.join(args.output, 'results.json')}",
         flush=True)
   return 1 if results["errors"] or results["checks_failed"] else 0
 

@@ -4,7 +4,8 @@
 # download them here) into a folder of its own with pip --no-index, then runs
 # experiments/bench_accelerator.py against the reference made here, its log (log.txt) beside its
 # results.json in $OUT (else runs/bench_accelerator), and stops it after 470 s at the latest.
-#   On the device: bash experiments/bench_accelerator.sh   (carry .whl and runs/accelerator_reference)
+#   On the device: bash experiments/bench_accelerator.sh
+#     (carrying .whl and runs/accelerator_reference)
 #   On a CPU (CI): OUT=DIR2 bash experiments/bench_accelerator.sh --small --reference DIR
 # PYTHON picks the interpreter (default python3); SSD_JAX_WHEELS the wheel folder (default .whl;
 # an empty one installs nothing).

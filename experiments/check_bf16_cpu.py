@@ -47,9 +47,9 @@ def main() -> None:
     errors = {"first_loss": abs(b16["loss"] - f32["loss"]) / abs(f32["loss"]),
               "first_grad_norm": abs(b16["grad_norm"] - f32["grad_norm"]) / abs(f32["grad_norm"]),
               "forward_relative_l2": float(l2.max())}
+    rounded = {k: float(f"{v:.3g}") for k, v in errors.items()}
     print(f"{label} ({spec}): float32 loss {f32['loss']:.5f} grad norm {f32['grad_norm']:.4f}; "
-          f"bfloat16 relative errors {json.dumps({k: float(f'{v:.3g}') for k, v in errors.items()})}",
-          flush=True)
+          f"bfloat16 relative errors {json.dumps(rounded)}", flush=True)
 
 
 if __name__ == "__main__":
