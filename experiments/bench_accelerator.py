@@ -478,6 +478,7 @@ def benchmark(args, sizes: Sizes) -> int:
               lambda spec=spec, label=label, batch=batch: forward_section(
                   spec, batch, sizes, arrays[f"{label}/forward"]))
   results["tensorflow_loaded"] = "tensorflow" in sys.modules
+  results["modules_loaded"] = sorted(name for name in sys.modules if name.startswith("ssd_jax"))
   write()
   print(f"done in {results['seconds']:.0f} s: {len(results['sections'])} sections, skipped "
         f"{results['skipped'] or 'none'}, errors {list(results['errors']) or 'none'}, failed "

@@ -69,6 +69,10 @@ def test_every_section_runs_without_tensorflow_and_passes_its_check(run):
       "environment", "quickstart-tiny train bfloat16", "export", "quickstart loop vs bare step",
       "quickstart-tiny forward bfloat16 batch 1", "quickstart-tiny forward bfloat16 batch 2"]
   assert not results["tensorflow_loaded"]
+  compute_path = {"models", "priors", "matching", "losses", "train_step", "train", "progress",
+                  "checkpoint", "inference", "postprocess", "preprocess", "export"}
+  assert {f"ssd_jax.{name}" for name in compute_path} <= set(results["modules_loaded"])
+  assert "ssd_jax.data" not in results["modules_loaded"]
   assert "ModuleNotFoundError" not in console
   environment_ = results["sections"]["environment"]
   assert environment_["backend"] == "cpu" and environment_["versions"]["ml-collections"]
