@@ -15,7 +15,6 @@ from typing import Callable
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from PIL import Image
 
 from ssd_jax import data, parallel
@@ -24,21 +23,28 @@ from ssd_jax.evaluation.collector import Collector
 from ssd_jax.inference import Detector
 
 
+DETECTIONS = ("det_boxes", "det_scores", "det_classes", "det_valid")  # the detector's outputs
+# What scoring reads of an eval batch: numbers only, so they can cross processes.
+SCORED = ("boxes", "labels", "mask", "difficult", "index", "size", "valid")
+
+
 def collect(detector: Detector, config: ml_collections.ConfigDict,
-            source: data.Source) -> tuple[Collector, dict[str, np.ndarray]]:
-  """Runs ``detector`` over the eval split. Returns the per-image detections and ground truth in
-  original pixels (gathered from every process), and the first batch with its detections."""
-  collector = Collector()
-  first = None
+            source: data.Source) -> tuple[Collector, dict[str, np.ndarray] | None]:
+  """Runs ``detector`` over the eval split, each process on its own shard. Returns the per-image
+  detections and ground truth of the whole split in original pixels, in the split's order on any
+  number of processes, and this process's first batch with its detections (for the picture)."""
+  rows, first = [], None
   for batch in data.eval_iterator(config, source):
     images = parallel.global_batch({"image": batch["image"]}, detector.mesh)["image"]
-    outputs = dict(zip(("det_boxes", "det_scores", "det_classes", "det_valid"), detector(images)))
-    if jax.process_count() > 1:  # every process sees the whole split's results
-      batch = multihost_utils.process_allgather(batch, tiled=True)
-    outputs = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-               for k, v in outputs.items()}
-    collector.add_batch({**batch, **outputs})
+    outputs = {name: parallel.local_rows(value, detector.mesh)
+               for name, value in zip(DETECTIONS, detector(images))}
+    rows.append({**{key: batch[key] for key in SCORED}, **outputs})
     first = first or {**batch, **outputs}
+  # One exchange at the end: every process's images, then the one-process order.
+  gathered = parallel.gather_rows({key: np.concatenate([r[key] for r in rows]) for key in rows[0]})
+  order = np.argsort(gathered["index"], kind="stable")
+  collector = Collector()
+  collector.add_batch({key: value[order] for key, value in gathered.items()})
   return collector, first
 
 
@@ -77,27 +83,41 @@ def score(collector: Collector, config: ml_collections.ConfigDict,
 
 
 def evaluate_detector(detector: Detector, config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates ``detector`` and writes the results under ``<workdir>/eval/step_<step>``."""
+  """Evaluates ``detector`` and writes the results under ``<workdir>/eval/step_<step>``.
+
+  Every process runs the detector on its shard; process 0 scores the whole split and writes the
+  files; every process returns process 0's summary (so all take the same decisions from it).
+  """
   source = data.make_source(config, "eval")
   logging.info("evaluating step %d on %d images%s (the first batch compiles the detector)",
                detector.step, source.num_examples,
                " (this process's share)" if source.process_count > 1 else "")
   collector, first = collect(detector, config, source)
-  count = collector.num_images
-  result = score(collector, config, source)
-  summary = summarise(result, source.class_names)
-  logging.info("eval at step %d on %d images: %s", detector.step, count,
-               ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("AP/")))
+  summary = None
   if jax.process_index() == 0:
-    folder = os.path.join(workdir, "eval", f"step_{detector.step}")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "metrics.json"), "w") as f:
-      json.dump({"step": detector.step, "images": count, **summary}, f, indent=2)
-    if "precision" in result:
-      plots.plot_precision_recall(result, source.class_names, os.path.join(folder, "pr_curves.png"))
-    if first is not None and first["valid"].any():
-      detection_grid(first, config, source.class_names).save(os.path.join(folder, "detections.png"))
+    result = score(collector, config, source)
+    summary = summarise(result, source.class_names)
+    write_results(workdir, detector.step, collector.num_images, summary, result, first, config,
+                  source.class_names)
+  summary = parallel.broadcast_json(summary)
+  logging.info("eval at step %d on %d images: %s", detector.step, collector.num_images,
+               ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("AP/")))
   return summary
+
+
+def write_results(workdir: str, step: int, count: int, summary: dict[str, float], result: dict,
+                  first: dict[str, np.ndarray] | None, config: ml_collections.ConfigDict,
+                  class_names: tuple[str, ...]) -> None:
+  """``<workdir>/eval/step_<step>/``: metrics.json, the VOC precision-recall curves and the
+  detections drawn on the first images of ``first`` (a batch with its detections)."""
+  folder = os.path.join(workdir, "eval", f"step_{step}")
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "metrics.json"), "w") as f:
+    json.dump({"step": step, "images": count, **summary}, f, indent=2)
+  if "precision" in result:
+    plots.plot_precision_recall(result, class_names, os.path.join(folder, "pr_curves.png"))
+  if first is not None and first["valid"].any():
+    detection_grid(first, config, class_names).save(os.path.join(folder, "detections.png"))
 
 
 def summarise(result: dict, class_names: tuple[str, ...]) -> dict[str, float]:

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssd_jax import config_utils, console, postprocess, preprocess, priors
+from ssd_jax import config_utils, console, parallel, postprocess, preprocess, priors
 from ssd_jax.config_utils import ConfigError
 from ssd_jax.inference import Detector, detect_images
 
@@ -210,7 +210,7 @@ def serving_function(detector: Detector) -> Callable[[jax.Array], Outputs]:
   """The exported function: uint8 RGB images [B, H, W, 3] -> {boxes [B, K, 4] pixels xyxy,
   scores [B, K], classes [B, K], num_detections [B]}; ``detector``'s parameters are constants."""
   config = detector.config
-  params, model_state = jax.device_get((detector.params, detector.model_state))
+  params, model_state = parallel.host_value((detector.params, detector.model_state))
   prior_boxes = priors.from_config(config)
 
   def serve(images: jax.Array) -> Outputs:
@@ -424,7 +424,8 @@ def calibration_images(config: ml_collections.ConfigDict, pattern: str | None,
       for path in files:
         yield decode_rgb(tf.io.read_file(path))  # as the input pipeline and predict
     else:
-      for example in data.examples(data.make_source(config, "eval")):
+      # The whole split, also when process 0 of several exports.
+      for example in data.examples(data.make_source(config, "eval", 0, 1)):
         if example["valid"]:
           yield example["image"]
 
@@ -579,14 +580,16 @@ def _write_formats(serve: Callable[[jax.Array], Outputs], exported: jax.export.E
 def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str,
                     step: int | None = None, formats: Sequence[str] = ("jax",),
                     platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                    calibration: str | None = None, calibration_count: int = 100) -> dict:
+                    calibration: str | None = None, calibration_count: int = 100) -> dict | None:
   """Exports checkpoint ``step`` (default: the latest) of ``workdir`` into folder ``output`` in
   ``formats`` (of FORMATS), replacing an earlier export there. int8 TFLite calibrates on
   ``calibration_count`` images of the files ``calibration`` (a pattern as ``--images``), else of
   the eval split.
 
   Returns the metadata, also written to ``output/metadata.json``. Raises ExportError, after
-  writing the others, when a requested format could not be written.
+  writing the others, when a requested format could not be written. On several processes every
+  process restores the checkpoint (orbax restores together) and process 0 alone writes the
+  export; the others return None at once (``main`` has them wait for it).
   """
   formats = parse_formats(",".join(formats))
   check_installed(formats)
@@ -594,6 +597,9 @@ def export_detector(config: ml_collections.ConfigDict, workdir: str, output: str
   calibration_source = (calibration_images(config, calibration, calibration_count)
                         if "tflite" in formats else None)
   detector = Detector.restore(config, workdir, step)
+  if jax.process_index() != 0:
+    logging.info("process 0 writes the export")
+    return None
   serve = serving_function(detector)
   exported = export_function(serve, platforms)
   output = os.path.abspath(os.path.expanduser(output))

@@ -35,7 +35,15 @@ _OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the pictures 
                               "earlier export, which it replaces).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs); it is also "
-                                 "called when the environment describes a cluster.")
+                                 "called when the environment describes a cluster (TPU pod, SLURM) "
+                                 "or when any of the three flags below is given.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "Several processes: HOST:PORT of process 0, which every "
+                                   "process reaches (jax.distributed.initialize).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Several processes: how many take part in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "Several processes: this one's number, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -82,9 +90,11 @@ def main(argv: list[str]) -> None:
     import jax
     from ssd_jax import evaluate, export, parallel, predict, progress, train
 
-  parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
+  parallel.maybe_initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value,
+                                        _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir, mode = _WORKDIR.value, _MODE.value
-  if jax.process_index() == 0:
+  lead = jax.process_index() == 0  # writes what is written once, logs the closing summary
+  if lead:
     os.makedirs(workdir, exist_ok=True)
     console.log_to_file(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -96,11 +106,16 @@ def main(argv: list[str]) -> None:
   logging.info(xla_flags.summary())
   if mode == "train":
     train.train_and_evaluate(config, workdir, functools.partial(evaluate.periodic, config, workdir))
-    logging.info("%s", progress.train_summary(workdir))
+    if lead:
+      logging.info("%s", progress.train_summary(workdir))
   elif mode == "eval":
     evaluate.evaluate_checkpoint(config, workdir, _STEP.value)
-    folders = glob.glob(os.path.join(workdir, "eval", "step_*"))
-    logging.info("evaluation done\n%s", progress.eval_summary(max(folders, key=os.path.getmtime)))
+    if lead:
+      folders = glob.glob(os.path.join(workdir, "eval", "step_*"))
+      logging.info("evaluation done\n%s",
+                   progress.eval_summary(max(folders, key=os.path.getmtime)))
+    else:
+      logging.info("evaluation done (process 0 wrote the results)")
   elif mode == "export":
     try:
       export.export_detector(config, workdir, _OUTPUT.value, _STEP.value,
@@ -108,12 +123,18 @@ def main(argv: list[str]) -> None:
     except export.ExportError as error:  # one line per format not written, exit status 1
       print("\n".join("error: " + line for line in str(error).splitlines()), file=sys.stderr)
       sys.exit(1)
-    logging.info("export done: %s (%s)", _OUTPUT.value,
-                 ", ".join(sorted(os.listdir(_OUTPUT.value))))
+    finally:
+      parallel.barrier("ssd_jax export")  # the other processes wait for process 0's files
+    if lead:
+      logging.info("export done: %s (%s)", _OUTPUT.value,
+                   ", ".join(sorted(os.listdir(_OUTPUT.value))))
   else:
     written = predict.predict(config, workdir, _IMAGES.value, _OUTPUT.value, _STEP.value)
-    logging.info("prediction done: %d pictures (<name>.png) and detections.jsonl in %s", written,
-                 _OUTPUT.value)
+    if lead:
+      logging.info("prediction done: %d pictures (<name>.png) and detections.jsonl in %s",
+                   written, _OUTPUT.value)
+    else:
+      logging.info("prediction done (this process drew its share of the pictures)")
 
 
 def _fail(message: str) -> NoReturn:

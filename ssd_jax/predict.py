@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from ssd_jax import data, preprocess
+from ssd_jax import data, parallel, preprocess
+from ssd_jax.config_utils import ConfigError
 from ssd_jax.data import pipeline, sources
 from ssd_jax.data.decode import decode
 from ssd_jax.evaluation import plots
@@ -41,19 +42,21 @@ def find_images(pattern: str) -> list[str]:
   return paths
 
 
-def image_batches(paths: list[str], config: ml_collections.ConfigDict,
-                  problems: data.Problems) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of ``config.data.eval_batch_size``: ``image`` (the model's input [B, S, S, 3],
+def image_batches(paths: list[str], indices: np.ndarray, config: ml_collections.ConfigDict,
+                  problems: data.Problems, batch: int, count: int
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """``count`` batches of ``batch`` images: ``image`` (the model's input [B, S, S, 3],
   ``preprocess.preprocess`` of the decoded pictures), ``size`` (h, w), ``valid`` (False for
-  unreadable files and for the padding of the last batch) and ``file``."""
-  records = tf.data.Dataset.from_tensor_slices(paths).map(lambda path: {
-      "image": path, "file": path, "boxes": tf.zeros([0, 4]), "labels": tf.zeros([0], tf.int32),
-      "difficult": tf.zeros([0], tf.bool)})
+  unreadable files and for the padding after the last image), ``file`` and ``index`` (the image's
+  position in the whole list, ``indices`` [len(paths)])."""
+  records = tf.data.Dataset.from_tensor_slices(
+      (tf.constant(paths, tf.string), indices.astype(np.int64))).map(lambda path, index: {
+      "image": path, "file": path, "index": index, "boxes": tf.zeros([0, 4]),
+      "labels": tf.zeros([0], tf.int32), "difficult": tf.zeros([0], tf.bool)})
   decode_op = decode(problems, read_files=True)
-  keys = ("image", "size", "valid", "file")
+  keys = ("image", "size", "valid", "file", "index")
   ds = records.map(lambda r: {k: v for k, v in decode_op(r).items() if k in keys})
-  batch = config.data.eval_batch_size
-  padded = ds.concatenate(pipeline.blanks(ds, (-len(paths)) % batch))
+  padded = ds.concatenate(pipeline.blanks(ds, batch * count - len(paths)))
   # Pictures of several sizes share a canvas (zero-padded at the bottom and right); the resize
   # reads each one's own top-left height x width. It compiles once per canvas shape.
   prepare = jax.jit(lambda images, sizes: preprocess.preprocess(images, config, sizes))
@@ -64,34 +67,67 @@ def image_batches(paths: list[str], config: ml_collections.ConfigDict,
 
 def predict(config: ml_collections.ConfigDict, workdir: str, images: str, output: str,
             step: int | None = None) -> int:
-  """Runs the detector of ``workdir`` on ``images``; returns the number of images written."""
+  """Runs the detector of ``workdir`` on ``images``; returns the number of images written.
+
+  On several processes each detects and draws every N-th image (its pictures go to ``output``
+  on its own host) and process 0 writes ``detections.jsonl`` for all of them, in the order of
+  the image list, as one process would.
+  """
   paths = find_images(images)
   detector = Detector.restore(config, workdir, step)
   label_names = sources.class_names(config)
   os.makedirs(output, exist_ok=True)
   logging.info("predicting %d image file(s) (the first batch compiles the detector)", len(paths))
   problems = data.Problems(strict=False)
-  threshold = config.predict.score_threshold
-  written = 0
-  with open(os.path.join(output, "detections.jsonl"), "w") as lines:
-    for batch in image_batches(paths, config, problems):
-      boxes, scores, classes, valid = (np.asarray(x) for x in detector(batch["image"]))
-      for i in np.flatnonzero(batch["valid"]):
-        path = batch["file"][i].decode()
-        height, width = batch["size"][i]
-        keep = valid[i] & (scores[i] >= threshold)
-        pixel_boxes = boxes[i][keep] * np.array([width, height, width, height], np.float32)
-        labels = classes[i][keep]
-        names = [label_names[label - 1] for label in labels]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        plots.draw_detections(Image.open(path), pixel_boxes, labels, label_names,
-                              scores[i][keep]).save(os.path.join(output, stem + ".png"))
-        detections = [{"class": name, "label": int(label), "score": round(float(score), 4),
-                       "box": [round(float(v), 1) for v in box]}
-                      for name, label, score, box in zip(names, labels, scores[i][keep], pixel_boxes)]
-        lines.write(json.dumps({"file": path, "width": int(width), "height": int(height),
-                                "detections": detections}) + "\n")
-        written += 1
+  process, processes = jax.process_index(), jax.process_count()
+  if config.data.eval_batch_size % processes:
+    raise ConfigError(f"config.data.eval_batch_size={config.data.eval_batch_size}: expected a "
+                      f"multiple of the process count ({processes})")
+  batch = config.data.eval_batch_size // processes
+  count = -(-len(paths[::processes]) // batch)  # every process runs the detector as often
+  mine = np.arange(len(paths))[process::processes]
+  rows = []
+  for pictures in image_batches([paths[i] for i in mine], mine, config, problems, batch, count):
+    images_ = parallel.global_batch({"image": pictures["image"]}, detector.mesh)["image"]
+    boxes, scores, classes, valid = (parallel.local_rows(x, detector.mesh)
+                                     for x in detector(images_))
+    keep = valid & (scores >= config.predict.score_threshold)
+    for i in np.flatnonzero(pictures["valid"]):
+      path = pictures["file"][i].decode()
+      height, width = pictures["size"][i]
+      pixel_boxes = to_pixels(boxes[i][keep[i]], height, width)
+      stem = os.path.splitext(os.path.basename(path))[0]
+      plots.draw_detections(Image.open(path), pixel_boxes, classes[i][keep[i]], label_names,
+                            scores[i][keep[i]]).save(os.path.join(output, stem + ".png"))
+    rows.append({"index": pictures["index"], "valid": pictures["valid"], "size": pictures["size"],
+                 "boxes": boxes, "scores": scores, "classes": classes, "keep": keep})
+  gathered = parallel.gather_rows({key: np.concatenate([r[key] for r in rows]) for key in rows[0]})
+  written = int(gathered["valid"].sum())
+  if process == 0:
+    write_detections(os.path.join(output, "detections.jsonl"), paths, gathered, label_names)
   problems.log_summary("after prediction")
   logging.info("predicted %d of %d images into %s", written, len(paths), output)
   return written
+
+
+def to_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """[N, 4] xyxy boxes in [0, 1] -> xyxy float32 pixels of a ``height`` x ``width`` image."""
+  return boxes * np.array([width, height, width, height], np.float32)
+
+
+def write_detections(path: str, paths: list[str], rows: dict[str, np.ndarray],
+                     label_names: tuple[str, ...]) -> None:
+  """One json line per valid row of ``rows`` (``index`` into ``paths``, ``size`` (h, w),
+  ``boxes`` [N, K, 4] xyxy in [0, 1], ``scores``, ``classes``, ``keep`` [N, K]), in path order:
+  the file, its size and the kept detections with boxes in its pixels."""
+  with open(path, "w") as lines:
+    for i in sorted(np.flatnonzero(rows["valid"]), key=lambda i: rows["index"][i]):
+      height, width = (int(v) for v in rows["size"][i])
+      keep = rows["keep"][i]
+      pixel_boxes = to_pixels(rows["boxes"][i][keep], height, width)
+      detections = [{"class": label_names[label - 1], "label": int(label),
+                     "score": round(float(score), 4), "box": [round(float(v), 1) for v in box]}
+                    for label, score, box in zip(rows["classes"][i][keep], rows["scores"][i][keep],
+                                                 pixel_boxes)]
+      lines.write(json.dumps({"file": paths[rows["index"][i]], "width": width, "height": height,
+                              "detections": detections}) + "\n")

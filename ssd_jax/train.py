@@ -275,7 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         continue
       # The only reads of the device: they wait for this step, so they see every step so far.
       host = _host({**metrics, **health})
-      check(host)
+      # Several processes stop together: at steps that every process stops at (a log line is due
+      # by each one's own clock), or one would leave the others waiting in the next collective.
+      if save or run_eval or preempted or jax.process_count() == 1:
+        check(host)
       if host["nonfinite"] > skipped:
         logging.warning("%d non-finite updates skipped so far (first at step %d)",
                         host["nonfinite"], host["first_bad"])

@@ -192,7 +192,7 @@ def test_collector_returns_annotation_pixels_and_skips_padding():
   batch = {"boxes": boxes, "labels": np.array([[12, 15], [3, 0]]),
            "mask": np.array([[True, True], [True, False]]),
            "difficult": np.array([[False, True], [False, False]]),
-           "image_id": np.array([b"000001", b"000002"]), "size": sizes,
+           "index": np.array([7, 8]), "size": sizes,
            "valid": np.array([True, False]),
            "det_boxes": boxes, "det_scores": np.array([[0.9, 0.1], [0.8, 0.7]], np.float32),
            "det_classes": np.array([[12, 0], [3, 3]], np.int32),
@@ -200,7 +200,7 @@ def test_collector_returns_annotation_pixels_and_skips_padding():
   collector = Collector()
   collector.add_batch(batch)
   assert collector.num_images == 1
-  assert collector.image_ids == ["000001"] and collector.image_sizes == [(375, 500)]
+  assert collector.indices == [7] and collector.image_sizes == [(375, 500)]
   (gt_boxes, gt_labels, difficult), = collector.ground_truths
   np.testing.assert_allclose(gt_boxes, pixel[0], atol=1e-4)
   assert gt_labels.tolist() == [12, 15] and difficult.tolist() == [False, True]

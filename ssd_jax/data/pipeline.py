@@ -9,9 +9,10 @@ resumes exactly there, reading (not decoding) at most one epoch of records to ge
 
 Batches (numpy from the iterators): ``image`` float32 [B, S, S, 3] normalised as config.model says,
 ``boxes`` float32 [B, max_boxes, 4] xyxy in [0, 1], ``labels`` int32 [B, max_boxes], ``mask`` bool
-[B, max_boxes]; evaluation adds ``difficult`` bool [B, max_boxes], ``image_id`` [B], ``size`` int32
-[B, 2] (original height, width) and ``valid`` bool [B] (False for padding and unreadable images).
-B is the per-process batch, config batch size / process count.
+[B, max_boxes]; evaluation adds ``difficult`` bool [B, max_boxes], ``image_id`` [B], ``index``
+int64 [B] (the example's position in the split, the same on any number of processes), ``size``
+int32 [B, 2] (original height, width) and ``valid`` bool [B] (False for padding and unreadable
+images). B is the per-process batch, config batch size / process count.
 """
 
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from ssd_jax.data.sources import make_source, Source
 
 Example = dict[str, tf.Tensor]
 TRAIN_KEYS = ("image", "boxes", "labels", "mask")
-EVAL_KEYS = TRAIN_KEYS + ("difficult", "image_id", "size", "valid")
+EVAL_KEYS = TRAIN_KEYS + ("difficult", "image_id", "index", "size", "valid")
 
 
 def examples(source: Source, num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
@@ -109,13 +110,10 @@ def _train_records(source: Source, seed: int, block: int, start: int) -> tf.data
   """Endless records from record ``start`` of the stream, each with ``seed`` for augmentation."""
   num = source.num_examples
   start_epoch, offset = divmod(start, num)
-  offsets = np.cumsum((0,) + source.sizes[:-1])
-  parts = [part.enumerate(int(first)).map(lambda i, record: {**record, "index": i})
-           for part, first in zip(source.parts, offsets)]
 
   def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
     key = _key(seed, source.process_index, epoch)
-    records = _merged(parts, source.sizes, tf.random.experimental.stateless_fold_in(key, -1))
+    records = _merged(list(source.parts), source.sizes, tf.random.experimental.stateless_fold_in(key, -1))
     records = _block_shuffled(records, min(block, num),
                               tf.random.experimental.stateless_fold_in(key, -2))
     records = records.skip(tf.where(epoch == start_epoch, tf.constant(offset, tf.int64), 0))

@@ -3,8 +3,10 @@
 A source gives this process's shard of a split as tf.data "records", one per image, in fixed order:
 ``{"image": encoded bytes (tfds) or file path (folders), "file": where it came from (for warnings),
 "image_id": string or int64, "boxes": float32 [N, 4] xyxy in [0, 1], "labels": int32 [N] in 1..C-1,
-"difficult": bool [N] (COCO: crowd)}``. ``ssd_jax.data.pipeline.examples`` decodes them into
-examples. Nothing is ever downloaded: a missing dataset raises ``DatasetNotFoundError`` saying
+"difficult": bool [N] (COCO: crowd), "index": int64, the record's position in the whole split as
+one process reads it (parts one after another)}``: the same record has the same index whatever the
+process count, which is how several processes' results are put back in one process's order.
+``ssd_jax.data.pipeline.examples`` decodes them into examples. Nothing is ever downloaded: a missing dataset raises ``DatasetNotFoundError`` saying
 what was looked for, where, and how to prepare it.
 """
 
@@ -57,6 +59,7 @@ class Source:
 class _Part(NamedTuple):
   """One dataset of a split: this process's records and what is known about them."""
   records: tf.data.Dataset
+  positions: np.ndarray  # int64 [n]: where each of the records stands in the whole part
   process_sizes: list[int]  # records of each process
   class_names: tuple[str, ...]
   category_ids: tuple[int, ...] | None
@@ -98,9 +101,18 @@ def make_source(config: ml_collections.ConfigDict, split: str, process_index: in
                         f"{entries[0]}'s {class_names}")
   config_utils.check_num_classes(config.model.num_classes, class_names)
   process_sizes = np.sum([part.process_sizes for part in parts], axis=0)
-  return Source(tuple(class_names), parts[0].category_ids, tuple(p.records for p in parts),
+  offsets = np.cumsum([0] + [sum(part.process_sizes) for part in parts[:-1]])
+  records = tuple(_with_index(part, offset) for part, offset in zip(parts, offsets))
+  return Source(tuple(class_names), parts[0].category_ids, records,
                 tuple(p.process_sizes[process_index] for p in parts), int(process_sizes.max()),
                 data.source != "tfds", problems, process_index, process_count)
+
+
+def _with_index(part: _Part, offset: int) -> tf.data.Dataset:
+  """The part's records with their ``index`` in the whole split (the part starts at ``offset``)."""
+  indices = tf.data.Dataset.from_tensor_slices(offset + part.positions.astype(np.int64))
+  return tf.data.Dataset.zip(part.records, indices).map(
+      lambda record, index: {**record, "index": index})
 
 
 def split_entry(entry, field: str) -> tuple[str, str]:
@@ -156,10 +168,10 @@ def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train:
   shard_sizes = [builder.info.splits[tfds.split_for_jax_process(
       split, process_index=p, process_count=process_count)].num_examples
                  for p in range(process_count)]
-  records = builder.as_dataset(
-      split=tfds.split_for_jax_process(split, process_index=process_index,
-                                       process_count=process_count),
-      shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+  shard = tfds.split_for_jax_process(split, process_index=process_index,
+                                     process_count=process_count)
+  records = builder.as_dataset(split=shard, shuffle_files=False,
+                               decoders={"image": tfds.decode.SkipDecoding()})
   is_voc = builder.name == "voc"
   keep_flagged = not train or (config.data.train_difficult if is_voc else config.data.train_crowd)
 
@@ -181,7 +193,28 @@ def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train:
     return record
 
   category_ids = COCO_CATEGORY_IDS if not is_voc and len(class_names) == 80 else None
-  return _Part(records.map(to_record), shard_sizes, class_names, category_ids)
+  return _Part(records.map(to_record), tfds_positions(shard, split, builder.info.splits),
+               shard_sizes, class_names, category_ids)
+
+
+def tfds_positions(shard, split: str, split_infos) -> np.ndarray:
+  """Where the records of ``shard`` (``tfds.split_for_jax_process`` of ``split``) stand in
+  ``split`` read whole, in tfds' reading order (``shuffle_files=False``): each sub-split of a
+  ``split`` such as "train+validation" is cut evenly over the processes, so a process holds a
+  contiguous run of each."""
+  def runs(instructions) -> list[tuple[str, int, int]]:  # (split name, first, end)
+    return [(i.splitname, i.from_ or 0,
+             split_infos[i.splitname].num_examples if i.to is None else i.to)
+            for i in instructions]
+
+  whole = runs(shard.from_spec(split).to_absolute(split_infos))
+  starts = np.cumsum([0] + [end - first for _, first, end in whole[:-1]])
+  positions = [np.zeros(0, np.int64)]
+  for name, first, end in runs(shard.to_absolute(split_infos)):
+    start, part_first = next((start, f) for (n, f, e), start in zip(whole, starts)
+                             if n == name and f <= first and end <= e)
+    positions.append(start + np.arange(first - part_first, end - part_first))
+  return np.concatenate(positions).astype(np.int64)
 
 
 def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train: bool,
@@ -224,7 +257,8 @@ def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], trai
     raise DatasetNotFoundError(f"no usable images in {entry} under {data_dir} (see the warnings "
                                "above)")
   shard_sizes = [len(records[p::process_count]) for p in range(process_count)]
-  return _Part(records_dataset(records[process_index::process_count]), shard_sizes, class_names,
+  return _Part(records_dataset(records[process_index::process_count]),
+               np.arange(len(records))[process_index::process_count], shard_sizes, class_names,
                category_ids)
 
 

@@ -9,25 +9,19 @@ ImageDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
 ImageGroundTruth = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _host_id(image_id) -> str | int:
-  """A numpy image id (bytes from tf.data, or an integer) -> str or int."""
-  image_id = np.asarray(image_id).item()
-  return image_id.decode() if isinstance(image_id, bytes) else image_id
-
-
 class Collector:
   """Collects evaluation batches and their detections as per-image lists in original pixels.
 
   ``detections`` and ``ground_truths`` are what ``voc.evaluate`` and ``coco.evaluate`` take;
-  ``image_ids`` and ``image_sizes`` ((height, width)) go with them. Images whose ``valid`` flag is
-  False (padding) are skipped. Each process keeps what it is given: gather batches across
-  processes first for a global result.
+  ``indices`` (each image's position in the split) and ``image_sizes`` ((height, width)) go with
+  them. Images whose ``valid`` flag is False (padding) are skipped. It keeps what it is given, in
+  that order: ``evaluate.collect`` gathers every process's rows and orders them by index first.
   """
 
   def __init__(self):
     self.detections: list[ImageDetections] = []
     self.ground_truths: list[ImageGroundTruth] = []
-    self.image_ids: list[str | int] = []
+    self.indices: list[int] = []
     self.image_sizes: list[tuple[int, int]] = []
 
   @property
@@ -38,7 +32,7 @@ class Collector:
     """Adds one evaluation batch (numpy or device arrays) with its detections.
 
     ``batch``: the input pipeline's ``boxes`` [B, M, 4] xyxy in [0, 1], ``labels`` [B, M],
-    ``mask`` [B, M], ``difficult`` [B, M], ``image_id`` [B], ``size`` [B, 2] (original height,
+    ``mask`` [B, M], ``difficult`` [B, M], ``index`` [B], ``size`` [B, 2] (original height,
     width), ``valid`` [B]; and ``postprocess.detect``'s outputs as ``det_boxes`` [B, K, 4] xyxy in
     [0, 1], ``det_scores`` [B, K], ``det_classes`` [B, K], ``det_valid`` [B, K].
     """
@@ -56,5 +50,5 @@ class Collector:
       self.detections.append((batch["det_boxes"][i][found].astype(np.float64) * scale,
                               batch["det_scores"][i][found].astype(np.float64),
                               batch["det_classes"][i][found].astype(int)))
-      self.image_ids.append(_host_id(batch["image_id"][i]))
+      self.indices.append(int(batch["index"][i]))
       self.image_sizes.append((height, width))
