@@ -14,10 +14,18 @@ For the quickstart model (``configs/quickstart.py``, batch 32, 128 px), in one p
 - **save blocking**: the wall seconds each checkpoint save holds the loop (the call to
   ``checkpoint.save``, including any wait for the previous save).
 
+- **preemption poll** (``--processes 2``): what the loop's per-step ``reached(step)`` costs
+  (``train._Preemption``: a flag on one process, orbax's ``reached_preemption``, i.e. JAX's
+  preemption sync point, on several), in microseconds per call; a host round-trip to the
+  coordinator would cost tens of microseconds or more.
+
 Each repeat runs bare, then the loop variants, then bare again; ratios use the mean of the two bare
 figures. The CPU of the development VM is shared, so run at least twice and read the medians.
+``--processes N`` runs the whole benchmark as N ``jax.distributed`` processes on this machine
+(localhost, gloo collectives), each feeding its share of the batch; process 0 prints.
 
 Run: python experiments/bench_loop.py [--steps 400] [--checkpoint_every 200] [--repeats 2]
+     [--processes 2]
 """
 
 import argparse
@@ -26,6 +34,9 @@ import itertools
 import logging
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -107,6 +118,7 @@ def loop_figures(config, warmup: int, steps: int, cached: list | None = None,
   with contextlib.ExitStack() as stack:
     if workdir is None:
       workdir = stack.enter_context(tempfile.TemporaryDirectory())
+    os.makedirs(workdir, exist_ok=True)
     saves = stack.enter_context(_timed_saves())
     handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
     logging.getLogger().addHandler(handler)
@@ -116,6 +128,39 @@ def loop_figures(config, warmup: int, steps: int, cached: list | None = None,
       logging.getLogger().removeHandler(handler)
   seconds = taken[warmup + steps] - taken[warmup]
   return steps * config.data.batch_size / seconds, saves
+
+
+def preemption_poll_microseconds(workdir: str, calls: int = 2000) -> float:
+  """Median microseconds of the training loop's per-step preemption check over ``calls`` steps
+  (blocks of 100), with the checkpoint manager of ``workdir`` (shared by every process)."""
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.create_manager(workdir, 1)
+  preemption = train._Preemption(manager)  # pylint: disable=protected-access  (what the loop polls)
+  blocks = []
+  try:
+    for first in range(1, calls + 1, 100):
+      start = time.perf_counter()
+      for step in range(first, first + 100):
+        preemption.reached(step)
+      blocks.append((time.perf_counter() - start) / 100)
+  finally:
+    preemption.close()
+    manager.close()
+  return float(np.median(blocks)) * 1e6
+
+
+def launch_processes(count: int) -> int:
+  """Runs this script (same arguments) as ``count`` jax.distributed processes on this machine;
+  process 0's output is this one's. Returns the exit status (the first non-zero one)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  with tempfile.TemporaryDirectory(prefix="bench_loop_") as shared:
+    processes = [subprocess.Popen(
+        [sys.executable, *sys.argv, f"--process_id={index}", f"--shared_dir={shared}",
+         f"--coordinator_address=127.0.0.1:{port}"],
+        stdout=None if index == 0 else subprocess.DEVNULL) for index in range(count)]
+    return next((code for code in [p.wait() for p in processes] if code), 0)
 
 
 def quiet_logging() -> None:
@@ -139,25 +184,48 @@ def main():
                       help="config.train.dispatch_ahead (default: the config's)")
   parser.add_argument("--variant", default="", help="quickstart variant ('tiny' for smoke runs)")
   parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(__file__), "..", "data"))
+  parser.add_argument("--processes", type=int, default=1,
+                      help="run as this many jax.distributed processes on this machine")
+  parser.add_argument("--process_id", type=int, default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--coordinator_address", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--shared_dir", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.processes > 1 and args.process_id is None:
+    sys.exit(launch_processes(args.processes))
   xla_flags.apply("train")  # before JAX starts (XLA reads XLA_FLAGS once)
+  if args.processes > 1:
+    parallel.maybe_initialize_distributed(coordinator_address=args.coordinator_address,
+                                          num_processes=args.processes,
+                                          process_id=args.process_id)
+  with contextlib.ExitStack() as stack:  # the workdirs, in a folder every process sees
+    shared = args.shared_dir or stack.enter_context(tempfile.TemporaryDirectory())
+    measure(args, shared)
+
+
+def measure(args: argparse.Namespace, shared: str) -> None:
+  """Prints the figures of the module docstring; workdirs go under ``shared``."""
   quiet_logging()
   config = quickstart_config(args.variant, args.data_dir, args.warmup + args.steps + args.tail,
                              args.checkpoint_every)
   if args.dispatch_ahead is not None:
     config.train.dispatch_ahead = args.dispatch_ahead
   print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
-        f"{jax.devices()[0].device_kind}; load average {os.getloadavg()}")
+        f"{jax.devices()[0].device_kind}, {jax.process_count()} process(es), "
+        f"{jax.device_count()} device(s); load average {os.getloadavg()}")
   print(f"quickstart{':' + args.variant if args.variant else ''}, batch {config.data.batch_size}, "
         f"window {args.steps} steps, checkpoint every {args.checkpoint_every}, dispatch ahead "
         f"{config.train.get('dispatch_ahead', 'none (the loop syncs every step)')}")
   batches = pipeline_batches(config)  # the bare step's, and the cached loop's with --cached
   cached = batches if args.cached else None
+  poll = preemption_poll_microseconds(os.path.join(shared, "poll"))
+  print(f"preemption poll: {poll:.2f} us per step ({jax.process_count()} process(es))")
   rows = []
   for repeat in range(args.repeats):
     bare_before = bare_step(config, batches, args.steps)[0]
-    loop, saves = loop_figures(config, args.warmup, args.steps)
-    cached_loop = (loop_figures(config, args.warmup, args.steps, cached)[0] if cached
+    loop, saves = loop_figures(config, args.warmup, args.steps,
+                               workdir=os.path.join(shared, f"loop_{repeat}"))
+    cached_loop = (loop_figures(config, args.warmup, args.steps, cached,
+                                os.path.join(shared, f"cached_{repeat}"))[0] if cached
                    else float("nan"))
     bare = (bare_before + bare_step(config, batches, args.steps)[0]) / 2
     rows.append((bare, loop, loop / bare, cached_loop / bare, float(np.median(saves[:-1] or saves)),
