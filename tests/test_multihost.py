@@ -94,13 +94,15 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Run:
-  """The tiny quickstart trained for 4 steps in this process, then resumed on two processes to
-  step 8 (a one-process checkpoint goes on on two): checkpoints 4 and 8, an evaluation at 8."""
+def trained(tiny_run, tmp_path_factory) -> Run:
+  """The tiny quickstart's one-process run (conftest's ``tiny_run``: 8 steps, checkpoints 4 and 8)
+  resumed on two processes to step 12, checkpointed and evaluated there."""
   root = str(tmp_path_factory.mktemp("two_processes"))
   run = Run(os.path.join(root, "run"), os.path.join(root, "data"), [])
-  train.train_and_evaluate(tiny_config(run.data_dir, num_steps=4), run.workdir)
-  run.logs = launch(2, os.path.join(root, "logs"), *run.flags()).wait()
+  shutil.copytree(tiny_run.workdir, run.workdir)
+  shutil.copytree(tiny_run.data_dir, run.data_dir)  # this module adds a 15-image split
+  run.logs = launch(2, os.path.join(root, "logs"), *run.flags(),
+                    "--config.train.num_steps=12").wait()
   return run
 
 
@@ -121,14 +123,13 @@ def assert_same_metrics(got: dict, expected: dict, images: int = 16) -> None:
 
 def test_two_processes_train_checkpoint_and_evaluate_as_one_would(trained, tmp_path):
   for log in trained.logs:
-    assert "jax.distributed: process" in log and "restored checkpoint at step 4 " in log
-    assert "step 8/8" in log
-    assert "eval at step 8 on 16 images" in log  # every process reports the whole split's result
+    assert "jax.distributed: process" in log and "restored checkpoint at step 8 " in log
+    assert "step 12/12" in log
+    assert "eval at step 12 on 16 images" in log  # every process reports the whole split's result
   assert "training done" in trained.logs[0] and "training done" not in trained.logs[1]
-  assert checkpoint_steps(trained.workdir) == [4, 8]
-  assert os.listdir(os.path.join(trained.workdir, "best")) == ["8"]
-  periodic = json.load(open(os.path.join(trained.workdir, "eval", "step_8", "metrics.json")))
-  assert_same_metrics(periodic, one_process_metrics(trained, 8, str(tmp_path)))
+  assert checkpoint_steps(trained.workdir)[-1] == 12
+  periodic = json.load(open(os.path.join(trained.workdir, "eval", "step_12", "metrics.json")))
+  assert_same_metrics(periodic, one_process_metrics(trained, 12, str(tmp_path)))
 
 
 def test_eval_on_four_processes_equals_eval_on_one(trained, tmp_path):
@@ -162,7 +163,7 @@ def test_predict_and_export_on_two_processes(trained, tmp_path):
   logs = launch(2, str(tmp_path / "export_logs"), *trained.flags(), "--mode=export",
                 f"--output={exported}").wait()
   assert f"export done: {exported}" in logs[0] and "process 0 writes the export" in logs[1]
-  assert json.load(open(os.path.join(exported, export.METADATA_FILE)))["step"] == 8
+  assert json.load(open(os.path.join(exported, export.METADATA_FILE)))["step"] == 12
   with open(os.path.join(exported, export.FILES["jax"]), "rb") as f:
     restored = jax.export.deserialize(f.read())
   # The one-process export of the same checkpoint, run the same way: the same numbers.
@@ -184,18 +185,18 @@ def _wait_for(pattern: str, path: str, launched: Launch, seconds: float = TIMEOU
 
 def test_sigterm_to_one_process_saves_one_step_everywhere_and_resumes(trained, tmp_path):
   workdir = str(tmp_path / "run")
-  shutil.copytree(trained.workdir, workdir)  # from step 8 of the two-process run
+  shutil.copytree(trained.workdir, workdir)  # from step 12 of the two-process run
   long_run = ("--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
               "--config.train.eval_every=100000", "--config.train.log_every_seconds=0.5")
   running = launch(2, str(tmp_path / "logs"), *trained.flags(workdir), *long_run)
   # A progress line past the restored step: the signal lands while both processes train.
-  _wait_for(r"step (9|[1-9]\d+)/100000 ", running.logs[1], running)
+  _wait_for(r"step (1[3-9]|[2-9]\d|\d{3,})/100000 ", running.logs[1], running)
   running.processes[1].send_signal(signal.SIGTERM)  # one process, as one host's maintenance
   logs = running.wait()
   saved = {int(re.search(r"SIGTERM: saving step (\d+)", log).group(1)) for log in logs}
   assert len(saved) == 1, saved  # JAX's preemption sync point: the same step on both
   step = saved.pop()
-  assert step > 8 and checkpoint_steps(workdir)[-1] == step
+  assert step > 12 and checkpoint_steps(workdir)[-1] == step
 
   logs = launch(2, str(tmp_path / "restart"), *trained.flags(workdir),
                 f"--config.train.num_steps={step + 2}").wait()
