@@ -6,10 +6,11 @@ photometric distortion, normalise, pad, batch), the evaluation pipeline and JPEG
 once with tf.data limited to one thread and once with all cores; each with JPEGs decoded by TF's
 fast DCT (the baseline, TF's default) and by the accurate one the pipeline uses (PIL's pixels).
 
-  python experiments/bench_input.py [--images 256] [--batches 30] [--batch_size 32]
+  python experiments/bench_input.py [--images 256] [--batches 30] [--batch_size 32] [--rounds 3]
 """
 
 import argparse
+import collections
 import os
 import tempfile
 import time
@@ -83,6 +84,8 @@ def main() -> None:
   parser.add_argument("--images", type=int, default=256)
   parser.add_argument("--batches", type=int, default=30)
   parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="paired (fast, accurate DCT) measurements per pipeline; medians count")
   args = parser.parse_args()
   config = config_utils.load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
                                                  "ssd300.py"))
@@ -99,23 +102,26 @@ def main() -> None:
                  "eval": (lambda: data.eval_dataset(config, eval_source)[0].repeat(),
                           args.batch_size),
                  "decode": (lambda: decode_only(os.path.join(data_dir, "bench")), 32)}
-    results = {}
+    results = collections.defaultdict(list)
     for name, (make, batch_size) in pipelines.items():
       for threads in (1, None):
-        for dct in _DCT_METHODS:  # side by side, so that the machine's drift hits both alike
-          decode.DCT_METHOD = dct  # read when a pipeline is built (tf.data traces the decode op)
-          results[dct, name, threads] = images_per_second(make(), args.batches, batch_size,
-                                                          threads)
+        for _ in range(args.rounds):
+          for dct in _DCT_METHODS:  # side by side, so that the machine's drift hits both alike
+            decode.DCT_METHOD = dct  # read when a pipeline is built (tf.data traces the decode op)
+            results[dct, name, threads].append(
+                images_per_second(make(), args.batches, batch_size, threads))
   print(f"{cores} cores; images/s at {config.model.image_size}x{config.model.image_size}, batch "
         f"{args.batch_size}, from 500x375 JPEGs (decode: reading and decoding alone):")
   fast, accurate = _DCT_METHODS
   for name in pipelines:
     for dct in _DCT_METHODS:
-      one, all_cores = results[dct, name, 1], results[dct, name, None]
+      one, all_cores = (float(np.median(results[dct, name, t])) for t in (1, None))
       print(f"  {name:6s} {dct:16s}: 1 thread {one:7.1f}   all {cores} cores {all_cores:7.1f} "
             f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s")
-    print(f"  {name:6s} accurate / fast DCT: "
-          + ", ".join(f"{results[accurate, name, t] / results[fast, name, t]:.3f} ({label})"
+    ratios = {t: np.divide(results[accurate, name, t], results[fast, name, t]) for t in (1, None)}
+    print(f"  {name:6s} accurate / fast DCT, median of {args.rounds} paired rounds: "
+          + ", ".join(f"{np.median(ratios[t]):.3f} ({label}; {ratios[t].min():.2f}-"
+                      f"{ratios[t].max():.2f})"
                       for t, label in ((1, "1 thread"), (None, "all cores"))))
 
 
