@@ -123,7 +123,7 @@ import json
 import numpy as np
 from PIL import Image  # pip install pillow
 metadata = json.load(open("EXPORT/metadata.json"))
-image = np.asarray(Image.open("photo.jpg").convert("RGB"))  # your picture, any size: uint8 [H, W, 3]
+image = np.asarray(Image.open("photo.jpg").convert("RGB"))  # yours, any size: uint8 [H, W, 3]
 """
 _SNIPPET_SQUARE = """\
 size = metadata["image_size"]  # this format takes one size x size picture: resize yours first
@@ -161,8 +161,9 @@ n = int(out["num_detections"][0])  # rows 0..n-1 hold the detections, best first
 threshold = metadata["display_score_threshold"]  # --mode=predict draws those scoring at least this
 print(f"{n} detections, {int((out['scores'][0, :n] >= threshold).sum())} scoring >= {threshold}")
 for i in range(min(n, 10)):  # the best 10 whatever their score: class, score, x0 y0 x1 y1 in px
+  name = metadata["class_names"][out["classes"][0, i] - 1]
   box = [round(float(v), 1) for v in out["boxes"][0, i]]
-  print(metadata["class_names"][out["classes"][0, i] - 1], round(float(out["scores"][0, i]), 4), box)
+  print(name, round(float(out["scores"][0, i]), 4), box)
 """
 # The formats whose input is one image of exactly the model's size.
 FIXED_SIZE = ("savedmodel", "tflite")

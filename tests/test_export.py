@@ -343,7 +343,8 @@ def test_how_to_call_runs_as_written_without_ssd_jax(exported, name, tmp_path):
     os.symlink(root / "artifact" / file, tmp_path / file)
   photo = write_images(tmp_path / "images")[3]  # 75 x 100
   shutil.copy(photo, tmp_path / "photo.jpg")
-  check = "\nimport sys\nprint('modules:', sorted({m.split('.')[0] for m in sys.modules} & {'ssd_jax', 'flax'}))\n"
+  check = ("\nimport sys\n"
+           "print('modules:', sorted({m.split('.')[0] for m in sys.modules} & {'ssd_jax', 'flax'}))\n")
   result = subprocess.run([sys.executable, "-c", info["formats"][name]["how_to_call"] + check],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
