@@ -57,8 +57,9 @@ def write_voc_folder(root: str, count: int, seed: int = 0) -> None:
 
 
 def images_per_second(ds: tf.data.Dataset, batches: int, batch_size: int,
-                      threads: int | None) -> float:
-  """Batches/s of ``ds`` after two warm-up batches, times ``batch_size``."""
+                      threads: int | None) -> tuple[float, float]:
+  """(batches/s of ``ds`` after two warm-up batches, times ``batch_size``; the process's CPU
+  milliseconds per image over the same batches, which other jobs on the machine disturb less)."""
   if threads:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
@@ -67,24 +68,31 @@ def images_per_second(ds: tf.data.Dataset, batches: int, batch_size: int,
   iterator = ds.as_numpy_iterator()
   for _ in range(2):
     next(iterator)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   for _ in range(batches):
     next(iterator)
-  return batches * batch_size / (time.perf_counter() - start)
+  images = batches * batch_size
+  return images / (time.perf_counter() - start), 1e3 * (time.process_time() - cpu) / images
 
 
-def decode_best_of(files: list[bytes], dct: str, repeats: int) -> float:
-  """Images/s of decoding ``files`` (JPEG bytes) one by one with ``dct`` (libjpeg uses one
-  thread): the best of ``repeats`` passes, the one least disturbed by other work."""
-  decode_jpeg = tf.function(lambda data: tf.io.decode_jpeg(data, channels=3, dct_method=dct))
-  decode_jpeg(files[0])  # traced once
-  best = float("inf")
+def decode_cpu_ms(files: list[bytes], repeats: int) -> dict[str, float]:
+  """CPU milliseconds per image of decoding ``files`` (JPEG bytes) one by one (libjpeg uses one
+  thread) with each of _DCT_METHODS: the best of ``repeats`` passes, the methods taking turns."""
+  # Tensors, not Python bytes: a tf.function would bake bytes in as constants and fold the decode.
+  tensors = [tf.constant(data) for data in files]
+  decoders = {dct: tf.function(lambda data, dct=dct: tf.io.decode_jpeg(data, channels=3,
+                                                                       dct_method=dct),
+                               input_signature=[tf.TensorSpec([], tf.string)])
+              for dct in _DCT_METHODS}
+  best = {dct: float("inf") for dct in _DCT_METHODS}
   for _ in range(repeats):
-    start = time.perf_counter()
-    for data in files:
-      decode_jpeg(data)
-    best = min(best, time.perf_counter() - start)
-  return len(files) / best
+    for dct, decode_jpeg in decoders.items():
+      decode_jpeg(tensors[0])  # traced on the first pass
+      start = time.process_time()
+      for data in tensors:
+        decode_jpeg(data)
+      best[dct] = min(best[dct], 1e3 * (time.process_time() - start) / len(files))
+  return best
 
 
 def main() -> None:
@@ -119,22 +127,21 @@ def main() -> None:
                 images_per_second(make(), args.batches, batch_size, threads))
     jpegs = [open(os.path.join(data_dir, "bench", "JPEGImages", f"{i:06d}.jpg"), "rb").read()
              for i in range(args.images)]
-    decoding = {dct: decode_best_of(jpegs, dct, 3 * args.rounds) for dct in _DCT_METHODS}
+    decoding = decode_cpu_ms(jpegs, 3 * args.rounds)
   print(f"{cores} cores; images/s at {config.model.image_size}x{config.model.image_size}, batch "
         f"{args.batch_size}, from 500x375 JPEGs:")
   fast, accurate = _DCT_METHODS
   for name in pipelines:
     for dct in _DCT_METHODS:
-      one, all_cores = (float(np.median(results[dct, name, t])) for t in (1, None))
+      (one, cpu), (all_cores, _) = (np.median(results[dct, name, t], axis=0) for t in (1, None))
       print(f"  {name:6s} {dct:16s}: 1 thread {one:7.1f}   all {cores} cores {all_cores:7.1f} "
-            f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s")
-    ratios = {t: np.divide(results[accurate, name, t], results[fast, name, t]) for t in (1, None)}
-    print(f"  {name:6s} accurate / fast DCT, median of {args.rounds} paired rounds: "
-          + ", ".join(f"{np.median(ratios[t]):.3f} ({label}; {ratios[t].min():.2f}-"
-                      f"{ratios[t].max():.2f})"
-                      for t, label in ((1, "1 thread"), (None, "all cores"))))
-  print(f"  JPEG decoding alone, 1 thread, best of {3 * args.rounds} passes: "
-        + ", ".join(f"{dct} {rate:.1f} images/s" for dct, rate in decoding.items())
+            f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s;"
+            f"  {cpu:.2f} CPU ms/image (1 thread)")
+    ratios = np.divide(results[accurate, name, 1], results[fast, name, 1])[:, 1]
+    print(f"  {name:6s} CPU time per image, accurate / fast DCT, median of {args.rounds} paired "
+          f"rounds: {np.median(ratios):.3f} ({ratios.min():.3f}-{ratios.max():.3f})")
+  print(f"  JPEG decoding alone, CPU ms/image, best of {3 * args.rounds} passes: "
+        + ", ".join(f"{dct} {ms:.3f}" for dct, ms in decoding.items())
         + f"; accurate / fast {decoding[accurate] / decoding[fast]:.3f}")
 
 
