@@ -251,7 +251,7 @@ def save_onnx(serve: Callable[[jax.Array], Outputs], path: str) -> None:
   onnx_ir.save(model, path)  # weights inline: jax2onnx's own "file" mode spills them beside it
 
 
-def _remove_unused_initializers(model) -> None:
+def _remove_unused_initializers(model: "onnx_ir.Model") -> None:
   """Drops the constants no node reads from every graph of onnx_ir ``model``, the NMS Loop's
   body included (jax2onnx's clean-up does the main graph only; onnxruntime warns about each)."""
   for graph in model.graphs():
