@@ -55,13 +55,14 @@ def write_voc(root: str, images: dict[str, tuple[bytes, str]], image_sets: dict[
       f.write("".join(i + "\n" for i in ids))
 
 
-# Five images: id -> objects (name, pixel box on an 80x60 image, difficult).
+# Five images: id -> objects (name, pixel box on an 80x60 image, difficult); 000004's second box
+# is empty (x_min == x_max), and dropped.
 VOC_OBJECTS = {
     "000001": [("dog", (10, 5, 50, 40), False), ("person", (40, 10, 70, 55), True)],
     "000002": [("cat", (0, 0, 80, 60), False)],
     "000003": [("car", (5, 20, 30, 50), False), ("car", (35, 22, 60, 48), False),
                ("bus", (20, 2, 78, 30), False)],
-    "000004": [("bird", (30, 30, 45, 40), False)],
+    "000004": [("bird", (30, 30, 45, 40), False), ("bird", (40, 30, 40, 45), False)],  # empty
     "000005": [("aeroplane", (2, 3, 40, 20), False), ("boat", (50, 40, 79, 59), True)],
 }
 

@@ -47,7 +47,8 @@ def _ids(examples: list[dict]) -> list[str]:
 
 
 def _expected(image_id: str, keep_difficult: bool = True):
-  objects = [o for o in helpers.VOC_OBJECTS[image_id] if keep_difficult or not o[2]]
+  objects = [o for o in helpers.VOC_OBJECTS[image_id] if (keep_difficult or not o[2])
+             and o[1][0] < o[1][2] and o[1][1] < o[1][3]]  # empty boxes are dropped
   boxes = np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4) / [80, 60, 80, 60]
   labels = [helpers.VOC_NAMES.index(name) + 1 for name, _, _ in objects]
   return boxes, labels, [difficult for _, _, difficult in objects]
@@ -66,7 +67,7 @@ def _check(example: dict, keep_difficult: bool = True) -> None:
   assert example["valid"]
 
 
-def test_tfds_voc_train_and_test_splits(tfds_dir):
+def test_tfds_voc_train_and_test_splits(tfds_dir, caplog):
   config = helpers.tiny_config("tfds", tfds_dir, helpers.VOC_NAMES,
                                (("voc/2007", "train+validation"),), (("voc/2007", "test"),))
   train = _all(data.make_source(config, "train", 0, 1))
@@ -75,10 +76,17 @@ def test_tfds_voc_train_and_test_splits(tfds_dir):
     _check(example)
   evaluation = data.make_source(config, "eval", 0, 1)
   assert evaluation.class_names == helpers.VOC_NAMES and evaluation.category_ids is None
-  examples = _all(evaluation)
+  with caplog.at_level("WARNING"):
+    examples = _all(evaluation)
   assert _ids(examples) == ["000004", "000005"]
   for example in examples:
     _check(example)
+  reason = "empty box, object dropped"
+  assert evaluation.problems.counts() == {reason: (1, 1)}
+  (message,) = [r.getMessage() for r in caplog.records if reason in r.getMessage()]
+  # The box (40, 30, 40, 45) px of an 80 x 60 image, as tfds holds it: yxyx in [0, 1].
+  assert message == ("ssd_jax.data: voc/2007/000004.jpg: empty box, object dropped (1 box(es): "
+                     "bbox (ymin, xmin, ymax, xmax) [[0.5 0.5 0.75 0.5]])")
 
 
 def test_tfds_voc_process_shards_and_batches(tfds_dir):

@@ -183,8 +183,11 @@ def _tfds_part(config: ml_collections.ConfigDict, entry: tuple[str, str], train:
               "image_id": (tf.strings.regex_replace(filename, r"\.[^.]*$", "") if is_voc
                            else example["image/id"])}
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    reported = problems.report_if(tf.reduce_any(~nonempty), "empty box, object dropped",
-                                  record["file"])
+    empty = tf.boolean_mask(objects["bbox"], ~nonempty)  # as tfds holds them: yxyx in [0, 1]
+    reported = problems.report_if(
+        tf.reduce_any(~nonempty), "empty box, object dropped", record["file"],
+        tf.strings.format("{} box(es): bbox (ymin, xmin, ymax, xmax) {}",
+                          (tf.shape(empty)[0], empty), summarize=-1))
     keep = nonempty if keep_flagged else nonempty & ~flagged
     with tf.control_dependencies([reported]):
       record.update(boxes=tf.boolean_mask(boxes, keep),
