@@ -1,5 +1,5 @@
-"""The test run's environment and shared fixtures: random boxes, the SSD300 priors, and the tiny
-quickstart trained (and exported) once by the command line."""
+"""The test run's environment and shared fixtures: random boxes, the SSD300 priors, the tiny
+quickstart trained once by the command line, and XLA without most optimisations."""
 
 import dataclasses
 import importlib.util

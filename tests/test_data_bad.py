@@ -42,7 +42,8 @@ def _bad_voc(root: str) -> None:
       "billion_laughs": (_JPEG, _BILLION_LAUGHS),
       "malformed_xml": (_JPEG, "<annotation><size><width>80"),
   }
-  helpers.write_voc(root, images, {"all": list(images) + ["missing_image", "real_png"]})
+  helpers.write_voc(root, images, {"all": list(images) + ["missing_image", "missing_xml",
+                                                          "real_png"]})
   with open(os.path.join(root, "Annotations", "missing_image.xml"), "w") as f:
     f.write(helpers.voc_xml(_CAT))
   with open(os.path.join(root, "Annotations", "real_png.xml"), "w") as f:  # <filename> is a .png
@@ -56,7 +57,8 @@ _INDEX_PROBLEMS = {
     "no objects to train on, image skipped for training": ("Annotations/no_objects.xml", ""),
     "box with x_min >= x_max or y_min >= y_max, object dropped": (
         "Annotations/inverted.xml", "1 box(es): xyxy [50, 10, 40, 30]"),
-    "box leaves the image, clipped": ("Annotations/outside.xml", "1 box(es): xyxy [60, -5, 100, 30]"),
+    "box leaves the image, clipped": ("Annotations/outside.xml",
+                                      "1 box(es): xyxy [60, -5, 100, 30]"),
     "box outside the image, object dropped": ("Annotations/outside.xml",
                                               "1 box(es): xyxy [85, 10, 99, 20]"),
     "unknown class name, object dropped": ("Annotations/unknown_class.xml", "'unicorn'"),
@@ -66,6 +68,8 @@ _INDEX_PROBLEMS = {
                                                    "no element found: line 1"),
     "image file missing, image skipped": ("Annotations/missing_image.xml",
                                           "JPEGImages/missing_image.jpg"),
+    "annotation file missing, image skipped": ("Annotations/missing_xml.xml",
+                                               "listed in "),  # the image set, checked below
 }
 _RUNTIME_PROBLEMS = {"not a JPEG, PNG, GIF or BMP image, skipped": "corrupt",  # reason -> image id
                      "truncated image, skipped": "truncated"}
@@ -102,6 +106,9 @@ def test_index_time_problems_are_reported_with_their_file(config, caplog):
   for reason, (file, value) in _INDEX_PROBLEMS.items():
     assert counts[reason] == (1, 1), reason
     check_report(caplog, reason, file, value)
+  assert report(caplog, "annotation file missing, image skipped").endswith(
+      "(listed in " + os.path.join(config.data.data_dir, "VOCbad", "ImageSets", "Main", "all.txt")
+      + ")")
 
 
 def test_examples_are_repaired_or_marked_invalid(config, caplog):
@@ -190,7 +197,8 @@ def test_coco_json_bad_entries(tmp_path, caplog):
   # reason -> [(the image's file_name or None for the json alone, the offending value)]
   expected = {
       "file_name points outside the image folder, image skipped": [
-          ("../outside.jpg", f"image folder {folder}"), ("/etc/hostname", f"image folder {folder}")],
+          ("../outside.jpg", f"image folder {folder}"),
+          ("/etc/hostname", f"image folder {folder}")],
       "image file missing, image skipped": [("missing.jpg", f"{folder}/missing.jpg")],
       "annotation of a category id the json does not declare, dropped": [
           ("good.jpg", "category_id 77")],

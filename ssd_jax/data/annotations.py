@@ -198,7 +198,7 @@ def voc_folder_records(root: str, image_set: str, class_names: tuple[str, ...], 
                       repr(image_id))
       continue
     if not os.path.isfile(xml_path):
-      problems.report("annotation file missing, image skipped", xml_path)
+      problems.report("annotation file missing, image skipped", xml_path, f"listed in {list_path}")
       continue
     if not os.path.isfile(image_path):
       named = _voc_filename(xml_path, images)  # e.g. a .png; the XML says which
