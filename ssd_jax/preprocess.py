@@ -14,35 +14,56 @@ import ml_collections
 import numpy as np
 
 
-def _sample_grid(length: jax.Array | int, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Where ``resize`` samples one axis of ``length`` pixels for ``size`` outputs.
+def crop_positions(length: jax.Array | int, size: int, start: jax.Array | float = 0.0,
+                   end: jax.Array | float = 1.0) -> jax.Array:
+  """Where ``tf.image.crop_and_resize`` samples one axis of ``length`` pixels for ``size`` outputs.
 
-  Returns (lower source index [size] int32, upper source index [size] int32, weight of the
-  upper [size] float32). ``tf.image.crop_and_resize``'s arithmetic, in float32 and in its order,
-  for the box from the centre of output pixel 0 to that of pixel size - 1 (margin 0.5 / size).
+  float32 [size] positions in pixel indices (pixel i's centre at i; outside [0, length - 1]
+  means off the image), for the window from ``start`` to ``end`` in image units (end < start:
+  mirrored) whose output pixels have their centres at (j + 0.5) / size across it: the crop box
+  runs from the centre of output pixel 0 to that of pixel size - 1 (margin 0.5 / size). It is
+  crop_and_resize's arithmetic, in float32 and in its order.
   """
   margin = np.float32(0.5 / size)
-  low, high = margin, np.float32(1.0) - margin
+  extent = jnp.asarray(end, jnp.float32) - start
+  low, high = start + margin * extent, end - margin * extent
   span = jnp.asarray(length, jnp.float32) - 1.0  # crop_and_resize: pixel i's centre at i / span
   scale = (high - low) * span / np.float32(size - 1)
-  position = low * span + jnp.arange(size, dtype=jnp.float32) * scale  # [size]
+  return low * span + jnp.arange(size, dtype=jnp.float32) * scale  # [size]
+
+
+Grid = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def bilinear_grid(position: jax.Array) -> Grid:
+  """(lower source index [S] int32, upper source index [S] int32, weight of the upper [S]
+  float32) of positions [S] in pixel indices, for ``sample``."""
   lower = jnp.floor(position)
   return lower.astype(jnp.int32), jnp.ceil(position).astype(jnp.int32), position - lower
+
+
+def sample(images: jax.Array, rows: Grid, columns: Grid) -> jax.Array:
+  """Images [B, H, W, 3] (any dtype) interpolated between the ``rows`` and ``columns`` grids'
+  pixels (``bilinear_grid``) -> float32 [B, S, S', 3], as crop_and_resize interpolates (up to
+  float32 rounding: it interpolates along x first)."""
+  top, bottom, y_weight = rows
+  left, right, x_weight = columns
+  # Whole rows are gathered (contiguous copies, where gathering columns is strided), first of
+  # the original (a large photo is never converted to float whole), then of the transposed
+  # result: on XLA:CPU 1.6x faster than gathering columns.
+  upper = images[:, top].astype(jnp.float32)  # [B, S, W, 3]
+  lower = images[:, bottom].astype(jnp.float32)
+  pixels = jnp.swapaxes(upper + (lower - upper) * y_weight[:, None, None], 1, 2)  # [B, W, S, 3]
+  left, right = pixels[:, left], pixels[:, right]  # [B, S', S, 3]
+  return jnp.swapaxes(left + (right - left) * x_weight[:, None, None], 1, 2)
 
 
 def _resize(images: jax.Array, height: jax.Array | int, width: jax.Array | int,
             size: int) -> jax.Array:
   """Images [B, H, W, 3] (their top-left ``height`` x ``width`` used) -> float32
   [B, size, size, 3]."""
-  top, bottom, y_weight = _sample_grid(height, size)
-  left, right, x_weight = _sample_grid(width, size)
-  # Rows first, then float: a large photo is never converted whole.
-  upper = images[:, top].astype(jnp.float32)  # [B, size, W, 3]
-  lower = images[:, bottom].astype(jnp.float32)
-  x_weight = x_weight[:, None]
-  upper = upper[:, :, left] + (upper[:, :, right] - upper[:, :, left]) * x_weight
-  lower = lower[:, :, left] + (lower[:, :, right] - lower[:, :, left]) * x_weight
-  return upper + (lower - upper) * y_weight[:, None, None]
+  return sample(images, bilinear_grid(crop_positions(height, size)),
+                bilinear_grid(crop_positions(width, size)))
 
 
 def resize(images: jax.Array, size: int, image_sizes: jax.Array | None = None) -> jax.Array:
