@@ -46,6 +46,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.max_boxes = 8
   config.data.shuffle_buffer = 512
   config.data.synthetic.image_size = 128
+  config.data.max_image_size = 128  # the shapes' size: nothing shrunk, nothing padded
   # The augmentation its figures were measured with: bilinear resize, hue +-18 degrees wrapping
   # (Caffe's random interpolation and 36 degrees are for the Caffe-recipe configs).
   config.augment.resize_methods = ("bilinear",)
@@ -74,6 +75,7 @@ def _make_tiny(config: ml_collections.ConfigDict) -> None:
   config.priors.min_sizes = (8, 16, 26, 38, 50)
   config.priors.max_sizes = (16, 26, 38, 50, 64)
   config.data.synthetic.image_size = 64
+  config.data.max_image_size = 64
   config.data.synthetic.num_train = 64
   config.data.synthetic.num_test = 16
   config.data.batch_size = 8

@@ -32,11 +32,14 @@ _NUM_CLASSES = {"voc": 21, "coco": 81}  # background included
 _VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                 "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
                 "sofa", "train", "tvmonitor")
+# max_image_size: the canvas training images are padded to (M x M) and larger ones shrunk to
+# fit, on the host, for the augmentation's pixel work on the device (ssd_jax.pixel_augment):
+# the longest side of the dataset's images, so that none is shrunk (VOC 500, COCO 640).
 _DATA = {
     "voc": dict(train_splits=(("voc/2007", "train+validation"), ("voc/2012", "train+validation")),
-                eval_splits=(("voc/2007", "test"),), class_names=_VOC_CLASSES),
+                eval_splits=(("voc/2007", "test"),), class_names=_VOC_CLASSES, max_image_size=500),
     "coco": dict(train_splits=(("coco/2017", "train"),), eval_splits=(("coco/2017", "validation"),),
-                 class_names=ml_collections.config_dict.placeholder(tuple)),
+                 class_names=ml_collections.config_dict.placeholder(tuple), max_image_size=640),
 }
 
 

@@ -1,11 +1,15 @@
 """Input pipeline throughput: images/s of the training and evaluation pipelines, per CPU core.
 
 Writes a VOC-format folder of real-sized (500x375) JPEGs with a few boxes each to a temp dir, then
-times the full training pipeline (read, JPEG decode, zoom-out, sampled patch, flip, resize to 300,
-photometric distortion, normalise, pad, batch) and the evaluation pipeline, once with tf.data
-limited to one thread and once with all cores, and JPEG decoding alone on one thread; each with
-JPEGs decoded by TF's fast DCT (the baseline, TF's default) and by the accurate one the pipeline
-uses (PIL's pixels), side by side.
+times, for ``configs/ssd300.py`` as published (Caffe's augmentation, five resize methods), the
+host's training pipeline (read, JPEG decode, the augmentation's draws: zoom-out, sampled patch,
+flip, resize method, photometric values; boxes padded, images padded to the 500x500 canvas as
+they are batched; the pixel work is the train step's, ``bench_train.py``) and the evaluation
+pipeline (read, decode, resize to 300, normalise, batch), once with tf.data limited to one thread
+and once with all cores, and JPEG decoding alone on one thread; each with JPEGs decoded by TF's
+fast DCT (the baseline, TF's default) and by the accurate one the pipeline uses (PIL's pixels),
+side by side. It prints the host cores that 1,500 and 3,000 images/s would take at the
+one-thread rate.
 
   python experiments/bench_input.py [--images 256] [--batches 30] [--batch_size 32] [--rounds 3]
 """
@@ -128,14 +132,16 @@ def main() -> None:
     jpegs = [open(os.path.join(data_dir, "bench", "JPEGImages", f"{i:06d}.jpg"), "rb").read()
              for i in range(args.images)]
     decoding = decode_cpu_ms(jpegs, 3 * args.rounds)
-  print(f"{cores} cores; images/s at {config.model.image_size}x{config.model.image_size}, batch "
-        f"{args.batch_size}, from 500x375 JPEGs:")
+  print(f"{cores} cores, load average {os.getloadavg()[0]:.1f}; images/s from 500x375 JPEGs, "
+        f"batch {args.batch_size} (train: decoded and drawn on a {config.data.max_image_size} px "
+        f"canvas; eval: {config.model.image_size} px model input):")
   fast, accurate = _DCT_METHODS
   for name in pipelines:
     for dct in _DCT_METHODS:
       (one, cpu), (all_cores, _) = (np.median(results[dct, name, t], axis=0) for t in (1, None))
       print(f"  {name:6s} {dct:16s}: 1 thread {one:7.1f}   all {cores} cores {all_cores:7.1f} "
-            f"({all_cores / cores:.1f} per core)   -> {1500 / one:.0f} cores for 1500 images/s;"
+            f"({all_cores / cores:.1f} per core)   -> cores for 1500 / 3000 images/s: "
+            f"{1500 / one:.1f} / {3000 / one:.1f};"
             f"  {cpu:.2f} CPU ms/image (1 thread)")
     ratios = np.divide(results[accurate, name, 1], results[fast, name, 1])[:, 1]
     print(f"  {name:6s} CPU time per image, accurate / fast DCT, median of {args.rounds} paired "

@@ -20,7 +20,8 @@ For the quickstart model (``configs/quickstart.py``, batch 32, 128 px), in one p
   coordinator would cost tens of microseconds or more.
 
 Each repeat runs bare, then the loop variants, then bare again; ratios use the mean of the two bare
-figures. The CPU of the development VM is shared, so run at least twice and read the medians.
+figures. The bare step includes the augmentation's pixel work, as in training: the pipeline's
+batches are decoded images with drawn parameters, turned into model input inside the step. The CPU of the development VM is shared, so run at least twice and read the medians.
 ``--processes N`` runs the whole benchmark as N ``jax.distributed`` processes on this machine
 (localhost, gloo collectives), each feeding its share of the batch; process 0 prints.
 

@@ -1,54 +1,65 @@
-"""Benchmark: the training resize per interpolation method, against bilinear in the same run.
+"""Benchmark: the training resize per interpolation method, on the device, against bilinear.
 
-Workload: ``augment.resize`` inside tf.data (one thread) on 500x375 images (VOC-sized) through
-zoom-out windows of 1..2x the image, to 300x300: each method alone, and Caffe's random choice
-among five (``configs/ssd300.py``'s ``augment.resize_methods``). The variants are timed in
-interleaved rounds and the fastest round of each counts, which resists a shared, loaded CPU.
+Workload: ``pixel_augment.resample`` (jitted, vmapped) on a batch of 500x375 images (VOC-sized) on
+the 500x500 canvas of ``configs/ssd300.py``, through zoom-out windows of 1..2x the image, to
+300x300: each method alone, and Caffe's random choice among five (``configs/ssd300.py``'s
+``augment.resize_methods``, each example with its drawn method). Bilinear and nearest are gathers;
+the other kernels a weight matrix per axis, and with several methods configured every example
+pays for the matrix products. The variants are timed in interleaved rounds and the fastest round
+of each counts, which resists a shared, loaded CPU.
 
-Run: python experiments/bench_resize.py [--images 256]
+Run: python experiments/bench_resize.py [--batch 8] [--rounds 3]
 """
 
 import argparse
 import os
+import sys
 import time
 
-import numpy as np
-import tensorflow as tf
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from ssd_jax import xla_flags  # noqa: E402
 
-from ssd_jax.data import augment
+xla_flags.apply("train")  # before JAX starts: the step's XLA options
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssd_jax import pixel_augment  # noqa: E402
 
 CAFFE = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
 
 
-def ms_per_image(dataset: tf.data.Dataset, methods: tuple[str, ...], count: int) -> float:
-  run = dataset.map(augment.resize(300, (123, 117, 104), methods), num_parallel_calls=1)
-  for _ in run.take(8):  # warm-up: tracing
-    pass
-  start = time.perf_counter()
-  for _ in run:
-    pass
-  return 1e3 * (time.perf_counter() - start) / count
+def ms_per_image(methods: tuple[str, ...], batch: dict, repeats: int = 3) -> float:
+  """Fastest of ``repeats`` timed calls (after compilation), per image."""
+  resample = jax.jit(jax.vmap(lambda image, size, window, method: pixel_augment.resample(
+      image, size, window, method, 300, methods, (123.0, 117.0, 104.0))))
+  args = (batch["image"], batch["image_size"], batch["window"], batch["method"] % len(methods))
+  jax.block_until_ready(resample(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(resample(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * min(times) / len(batch["image"])
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--images", type=int, default=256)
+  parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
   rng = np.random.default_rng(0)
-  images = tf.constant(rng.integers(0, 256, (4, 375, 500, 3), dtype=np.uint8))
-  ratio = rng.uniform(1, 2, (args.images, 1))
-  offset = rng.uniform(0, 1, (args.images, 2)) * (ratio - 1)
-  windows = tf.constant(np.concatenate([-offset, ratio - offset], 1), tf.float32)
-  dataset = tf.data.Dataset.from_tensor_slices((windows, tf.range(args.images))).map(
-      lambda window, i: {"image": images[i % 4], "window": window,
-                         "seed": tf.stack([tf.cast(i, tf.int64), 1])})
-  options = tf.data.Options()
-  options.threading.private_threadpool_size = 1
-  dataset = dataset.with_options(options)
-  print(f"{os.cpu_count()} cores, tensorflow {tf.__version__}; ms per image, 500x375 -> 300x300")
-  variants = [(m,) for m in augment.RESIZE_METHODS] + [CAFFE]
-  rounds = [{v: ms_per_image(dataset, v, args.images) for v in variants} for _ in range(args.rounds)]
+  canvas = np.zeros((args.batch, 500, 500, 3), np.uint8)
+  canvas[:, :375] = rng.integers(0, 256, (args.batch, 375, 500, 3), dtype=np.uint8)
+  ratio = rng.uniform(1, 2, (args.batch, 1))
+  offset = rng.uniform(0, 1, (args.batch, 2)) * (ratio - 1)
+  batch = {"image": canvas, "image_size": np.tile(np.int32([375, 500]), (args.batch, 1)),
+           "window": np.concatenate([-offset, ratio - offset], 1).astype(np.float32),
+           "method": np.arange(args.batch, dtype=np.int32)}
+  print(f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].device_kind}, load "
+        f"average {os.getloadavg()[0]:.1f}; ms per image, 500x375 -> 300x300, batch {args.batch}")
+  variants = [(m,) for m in pixel_augment.METHODS] + [CAFFE]
+  rounds = [{v: ms_per_image(v, batch) for v in variants} for _ in range(args.rounds)]
   best = {v: min(r[v] for r in rounds) for v in variants}
   for methods, ms in best.items():
     print(f"{' | '.join(methods):45s} {ms:7.2f}  {ms / best['bilinear',]:5.2f}x bilinear")

@@ -9,7 +9,12 @@ sets them; the line printed first says which are in force):
   and loss, backward, SGD step; random weights, the same threads) at the same batch: the ratio
   is printed;
 - the share of our SSD300 step spent in matching + encoding + the MultiBox loss (timed alone on
-  tensors of the model's output shapes).
+  tensors of the model's output shapes), and the share of the quickstart's and SSD300's steps
+  spent in the augmentation's pixel work (``pixel_augment.augment`` timed alone on the same drawn
+  batch: 500x500 canvases and Caffe's five resize methods for SSD300).
+
+Our steps run on drawn batches (``train_step.synthetic_batch(drawn=True)``), as in training: the
+step includes the augmentation's pixel work.
 
 Run: python experiments/bench_train.py [--steps 3] [--batch_sizes 8,32] [--skip_torch] [--quick]
 ``--quick`` is batch 8 only with 2 timed steps (a smoke run).
@@ -28,7 +33,8 @@ xla_flags.apply("train")  # before JAX starts: XLA reads XLA_FLAGS once
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssd_jax import config_utils, losses, matching, parallel, priors, train_step  # noqa: E402
+from ssd_jax import config_utils, losses, matching, parallel, pixel_augment, priors  # noqa: E402
+from ssd_jax import train_step  # noqa: E402
 
 import bench_model  # noqa: E402  (experiments/bench_model.py: the matmul peak)
 import timing  # noqa: E402  (experiments/timing.py, beside this script)
@@ -38,12 +44,12 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def ours(config_name: str, batch_size: int, steps: int, variant=None):
-  """(seconds per train step, FLOPs per step, config) of our jitted step on a fixed batch."""
+  """(seconds per train step, FLOPs per step, config) of our jitted step on a fixed drawn batch."""
   config = config_utils.load_config(os.path.join(CONFIGS, config_name), variant)
   config.data.batch_size = batch_size
   mesh = parallel.create_mesh(config)
   _, state, step = train_step.make_step(config, mesh)
-  batch = parallel.global_batch(train_step.synthetic_batch(config), mesh)
+  batch = parallel.global_batch(train_step.synthetic_batch(config, drawn=True), mesh)
   compiled = step.lower(state, batch).compile()  # compiled once, for the FLOPs and the timing
   flops = compiled.cost_analysis()["flops"]
   holder = {"state": state}
@@ -70,6 +76,15 @@ def targets_and_loss_time(config, steps: int) -> float:
                               argnums=(0, 1))(loc, logits)
   return timing.median_seconds(
       lambda: targets_and_loss(loc, logits, batch["boxes"], batch["labels"], batch["mask"]), steps)
+
+
+def augmentation_time(config, steps: int) -> float:
+  """Seconds of the augmentation's pixel work alone on the step's drawn batch."""
+  mesh = parallel.create_mesh(config)
+  batch = parallel.global_batch(train_step.synthetic_batch(config, drawn=True), mesh)
+  augment = jax.jit(pixel_augment.augment, static_argnums=1)
+  options = pixel_augment.Options.from_config(config)
+  return timing.median_seconds(lambda: augment(batch, options), steps)
 
 
 def torchvision_step_time(batch_size: int, steps: int) -> float | None:
@@ -110,9 +125,11 @@ def main():
   peak = bench_model.matmul_peak()
   print(f"float32 matmul peak (4096^3, best of 5): {peak / 1e9:.1f} GFLOP/s")
 
-  quick_s, _, _ = ours("quickstart.py", 32, max(steps, 5))
+  quick_s, _, quick = ours("quickstart.py", 32, max(steps, 5))
+  share = augmentation_time(quick, 10) / quick_s
   print(f"quickstart model, batch 32, 128 px: {quick_s * 1e3:.0f} ms/step, {1 / quick_s:.2f} "
-        f"steps/s, {32 / quick_s:.1f} images/s")
+        f"steps/s, {32 / quick_s:.1f} images/s; augmentation's pixel work: {100 * share:.1f}% "
+        "of the step")
 
   for batch_size in batch_sizes:
     ssd_s, flops, config = ours("ssd300.py", batch_size, steps)
@@ -122,6 +139,8 @@ def main():
     if batch_size == batch_sizes[0]:
       share = targets_and_loss_time(config, max(steps, 5)) / ssd_s
       line += f"; matching + loss: {100 * share:.1f}% of the step"
+      share = augmentation_time(config, max(steps, 5)) / ssd_s
+      line += f"; augmentation's pixel work: {100 * share:.1f}% of the step"
     print(line, flush=True)
     torch_s = None if args.skip_torch else torchvision_step_time(batch_size, steps)
     if torch_s is None:

@@ -1,8 +1,10 @@
 """Renders augmented training images with their boxes to a PNG, to check augmentation by eye.
 
-Row i shows example i: first as evaluation sees it, then augmented with the seeds of epochs
-0, 1, ... Boxes are drawn in their class's colour with the class name. Without --config it uses
-configs/ssd300.py on synthetic shapes generated in a temp dir.
+Row i shows example i: first as evaluation sees it, then as the model is fed it in training with
+the seeds of epochs 0, 1, ...: the input pipeline's draws (``data.augment.train_ops``), then the
+device's pixel work on them (``pixel_augment.augment_one``, as the train step runs it). Boxes are
+drawn in their class's colour with the class name. Without --config it uses configs/ssd300.py on
+synthetic shapes generated in a temp dir.
 
   python experiments/show_augmentation.py --output /tmp/augmentation.png [--config PATH[:ARG]]
 """
@@ -14,7 +16,9 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ssd_jax import config_utils
+import jax
+
+from ssd_jax import config_utils, pixel_augment
 from ssd_jax import data  # hides GPUs from TF before it starts
 from ssd_jax.data import augment
 import tensorflow as tf
@@ -43,10 +47,18 @@ def _to_pixels(image: np.ndarray, config) -> np.ndarray:
   return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _tile(example: dict, config, class_names: tuple[str, ...]) -> Image.Image:
-  tile = Image.fromarray(_to_pixels(example["image"].numpy(), config))
+def _model_input(drawn: dict, options: pixel_augment.Options) -> np.ndarray:
+  """The train step's pixel work on one example of the pipeline's draws -> [S, S, 3]."""
+  keys = ("image", "image_size", "window", "method", "photometric", "channel_order")
+  return np.asarray(jax.jit(pixel_augment.augment_one, static_argnums=6)(
+      *(drawn[key].numpy() for key in keys), options))
+
+
+def _tile(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, config,
+          class_names: tuple[str, ...]) -> Image.Image:
+  tile = Image.fromarray(_to_pixels(image, config))
   draw, size = ImageDraw.Draw(tile), tile.size[0]
-  for box, label in zip(example["boxes"].numpy() * size, example["labels"].numpy()):
+  for box, label in zip(boxes * size, labels):
     colour = _COLOURS[label % len(_COLOURS)]
     draw.rectangle(list(box), outline=colour, width=2)
     draw.text((box[0] + 3, box[1] + 2), class_names[label - 1], fill=colour)
@@ -67,12 +79,14 @@ def main() -> None:
   size, gap = config.model.image_size, 4
   grid = Image.new("RGB", (args.columns * (size + gap), args.rows * (size + gap)), (40, 40, 40))
   train_ops, eval_ops = augment.train_ops(config), augment.eval_ops(config)
+  options = pixel_augment.Options.from_config(config)
   for row, example in enumerate(examples):
     example = {k: tf.constant(v) for k, v in example.items()}
     for column in range(args.columns):
       seed = tf.constant([config.data.seed, row * 1000 + column], tf.int64)
-      ops = eval_ops if column == 0 else train_ops
-      tile = _tile(augment.apply(ops, {**example, "seed": seed}), config, source.class_names)
+      out = augment.apply(eval_ops if column == 0 else train_ops, {**example, "seed": seed})
+      image = out["image"].numpy() if column == 0 else _model_input(out, options)
+      tile = _tile(image, out["boxes"].numpy(), out["labels"].numpy(), config, source.class_names)
       grid.paste(tile, (column * (size + gap), row * (size + gap)))
   grid.save(args.output)
   print(f"wrote {args.output}: {args.rows} examples, then {args.columns - 1} augmentations each")

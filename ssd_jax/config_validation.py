@@ -6,7 +6,7 @@ stops the command in its first seconds rather than after training steps.
 
 import ml_collections
 
-from ssd_jax import evaluation, matching, models, optimizer
+from ssd_jax import evaluation, matching, models, optimizer, pixel_augment
 from ssd_jax.config_utils import ConfigError
 from ssd_jax.data import sources
 
@@ -37,8 +37,12 @@ def _one_of(config: ml_collections.ConfigDict, field: str, choices) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first field whose value cannot work."""
   for field in ("data.batch_size", "train.num_steps", "train.checkpoint_every",
-                "train.keep_checkpoints", "model.image_size", "model.num_classes"):
+                "train.keep_checkpoints", "model.image_size", "model.num_classes",
+                "data.max_image_size"):
     _positive_int(config, field)
+  methods = tuple(config.augment.resize_methods)
+  _require(bool(methods) and set(methods) <= set(pixel_augment.METHODS), "augment.resize_methods",
+           methods, f"a non-empty tuple of {pixel_augment.METHODS}")
   for field, choices in (("model.name", models.model_names()), ("model.dtype", models.DTYPES),
                          ("optimizer.name", optimizer.OPTIMIZERS),
                          ("optimizer.schedule", optimizer.SCHEDULES),

@@ -2,8 +2,10 @@
 
 Used by ``--mode=predict`` and by every exported artifact (``export``), so a picture is prepared
 the same way wherever it is detected. It is the evaluation preprocessing of the input pipeline
-(``ssd_jax.data.augment.resize`` of the whole image, then ``augment.normalize``), which stays in
-tf.data for training and evaluation: ``tests/test_preprocess.py`` checks that both agree.
+(``ssd_jax.data.augment.eval_resize`` of the whole image, then ``augment.normalize``), which stays
+in tf.data for evaluation: ``tests/test_preprocess.py`` checks that both agree. Its bilinear
+sampling (``crop_positions``, ``bilinear_grid``, ``sample``) also samples the training windows on
+the device (``pixel_augment``).
 """
 
 from collections.abc import Sequence
@@ -72,8 +74,9 @@ def resize(images: jax.Array, size: int, image_sizes: jax.Array | None = None) -
 
   ``image_sizes`` int [B, 2] (height, width): image b fills only the top-left of its canvas (a
   batch of pictures of several sizes padded to one shape); default: all of it. Equal to the input
-  pipeline's ``augment.resize`` up to float32 rounding: XLA fuses multiply-adds that TF's kernel
-  rounds twice (at most 0.011 of 255 on the sizes tested, bit-equal on most).
+  pipeline's ``augment.eval_resize`` up to float32 rounding: XLA fuses multiply-adds that TF's
+  kernel rounds twice, and interpolates along y before x (at most 0.011 of 255 on the sizes
+  tested).
   """
   if image_sizes is None:  # no vmap: plain gathers, which every exporter converts
     return _resize(images, images.shape[1], images.shape[2], size)

@@ -1,6 +1,8 @@
 """The train state and the pure, jit-compiled train step.
 
-``train_step(state, batch) -> (state, metrics)``: forward pass, matching/encoding of the padded
+``train_step(state, batch) -> (state, metrics)``: the augmentation's pixel work of a batch the
+input pipeline drew (``pixel_augment``; a batch of model input is taken as it is), forward pass,
+matching/encoding of the padded
 ground truth against the priors (vmapped, on the device), MultiBox loss, gradients and the optax
 update. It is jitted once with the batch sharded on the mesh's ``data`` axis, the state
 replicated and donated. It reads no ConfigDict: the few config values it needs come as one
@@ -22,7 +24,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from ssd_jax import losses, matching, models, optimizer, parallel, priors as priors_lib
+from ssd_jax import losses, matching, models, optimizer, parallel, pixel_augment
+from ssd_jax import priors as priors_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -66,6 +69,7 @@ class StepOptions:
   neg_pos_ratio: float  # config.loss.neg_pos_ratio: hard negatives per positive
   alpha: float  # config.loss.alpha: weight of the localisation loss
   skip_nonfinite: bool  # config.train.skip_nonfinite: drop a non-finite update, keep going
+  augment: pixel_augment.Options  # the augmentation's pixel work of a drawn batch
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
@@ -73,7 +77,8 @@ class StepOptions:
                variances=tuple(float(v) for v in config.matching.variances),
                matching_rule=str(config.matching.rule),
                neg_pos_ratio=float(config.loss.neg_pos_ratio), alpha=float(config.loss.alpha),
-               skip_nonfinite=bool(config.train.skip_nonfinite))
+               skip_nonfinite=bool(config.train.skip_nonfinite),
+               augment=pixel_augment.Options.from_config(config))
 
 
 def _loss_fn(params: nnx.State, model_state: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
@@ -99,12 +104,16 @@ def _keep_if(finite: jax.Array, new: Any, old: Any) -> Any:
 def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule, priors: np.ndarray,
                options: StepOptions) -> tuple[TrainState, Metrics]:
-  """One optimisation step on a global batch (images, padded boxes [B, G, 4] xyxy in [0, 1],
-  labels [B, G], mask [B, G]); ``priors`` [P, 4] cxcywh.
+  """One optimisation step on a global batch (padded boxes [B, G, 4] xyxy in [0, 1], labels
+  [B, G], mask [B, G], and either the input pipeline's decoded images with their drawn
+  augmentation, see ``pixel_augment``, or ``image`` [B, S, S, 3] model input); ``priors`` [P, 4]
+  cxcywh.
 
   A non-finite loss or gradient is reported in ``metrics["finite"]``; with
   ``options.skip_nonfinite`` the update is dropped, otherwise the caller stops the run.
   """
+  batch = {"image": pixel_augment.model_input(batch, options.augment),
+           **{key: batch[key] for key in ("boxes", "labels", "mask")}}
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(
       state.params, state.model_state, batch, graphdef, priors, options)
@@ -153,14 +162,23 @@ def make_step(config: ml_collections.ConfigDict, mesh: Mesh, model: nnx.Module |
   return bundle, state, step
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0, drawn: bool = False,
+                    ) -> dict[str, np.ndarray]:
   """A learnable global batch in the step's format, without the input pipeline: dark noise images
   [B, S, S, 3] float32 with two bright squares each (class 1 in the red channel, class 2 in the
   green), their boxes [B, G, 4] xyxy in [0, 1], labels [B, G] and mask [B, G]
   (B = config.data.batch_size, S = config.model.image_size, G = config.data.max_boxes >= 2).
-  The loss on it must fall within a few dozen steps; a function of ``seed`` only."""
+  The loss on it must fall within a few dozen steps; a function of ``seed`` only.
+
+  ``drawn``: in the input pipeline's training format instead (``pixel_augment``), so that the step
+  does the augmentation's pixel work: the scenes as uint8 images of min(S, M) pixels on the
+  M x M canvas (M = config.data.max_image_size), whole-image windows, resize methods and
+  photometric values drawn at random within the Caffe recipe's ranges, channels in order.
+  """
   rng = np.random.default_rng(seed)
-  size, batch = config.model.image_size, config.data.batch_size
+  batch = config.data.batch_size
+  size = min(config.model.image_size, config.data.max_image_size) if drawn else (
+      config.model.image_size)
   images = rng.uniform(0, 0.2, (batch, size, size, 3)).astype(np.float32)
   boxes = np.zeros((batch, config.data.max_boxes, 4), np.float32)
   labels = np.zeros((batch, config.data.max_boxes), np.int32)
@@ -173,4 +191,16 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
       labels[b, g], mask[b, g] = g + 1, True
       px = (boxes[b, g] * size).astype(int)
       images[b, px[1]:px[3], px[0]:px[2], g] = 1.0
-  return {"image": images, "boxes": boxes, "labels": labels, "mask": mask}
+  targets = {"boxes": boxes, "labels": labels, "mask": mask}
+  if not drawn:
+    return {"image": images, **targets}
+  canvas = np.zeros((batch, config.data.max_image_size, config.data.max_image_size, 3), np.uint8)
+  canvas[:, :size, :size] = np.round(images * 255)
+  photometric = np.stack([rng.uniform(-32, 32, batch), rng.uniform(0.5, 1.5, batch),
+                          rng.integers(0, 2, batch), rng.uniform(0.5, 1.5, batch),
+                          rng.uniform(-0.1, 0.1, batch)], axis=1).astype(np.float32)
+  return {"image": canvas, "image_size": np.full((batch, 2), size, np.int32),
+          "window": np.tile(np.float32([0, 0, 1, 1]), (batch, 1)),
+          "method": rng.integers(0, len(config.augment.resize_methods), batch).astype(np.int32),
+          "photometric": photometric, "channel_order": np.tile(np.int32([0, 1, 2]), (batch, 1)),
+          **targets}

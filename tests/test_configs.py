@@ -73,6 +73,18 @@ def test_validation_names_an_unknown_matching_rule(ssd300_config):
     config_validation.validate(config)
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("augment.resize_methods", ("bilinear", "cubic"), r"config.augment.resize_methods=\('bilinear', 'cubic'\): expected a non-empty tuple of \('bilinear',"),
+    ("augment.resize_methods", (), r"config.augment.resize_methods=\(\): expected a non-empty"),
+    ("data.max_image_size", 0, r"config.data.max_image_size=0: expected a positive integer")])
+def test_validation_names_a_bad_augmentation_field(ssd300_config, field, value, expected):
+  config = ssd300_config.copy_and_resolve_references()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(config_validation.ConfigError, match=expected):
+    config_validation.validate(config)
+
+
 def test_matching_rules_of_the_published_configs():
   rule = lambda name: config_utils.load_config(os.path.join(CONFIG_DIR, name)).matching.rule
   assert rule("ssd300.py") == rule("ssd512.py") == rule("ssd300_coco.py") == "caffe"

@@ -1,17 +1,23 @@
-"""Augmentation ops: eager == tf.data, patch constraints, valid boxes, flips, boxes on content."""
+"""The host's augmentation ops (draws, window and boxes; eager == tf.data, patch constraints,
+valid boxes, flips, statistics of the draws) and, through ``pixel_augment``, what they make of the
+pixels: boxes on the image content, the photometric ranges, Caffe's hue clamp."""
 
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssd_jax import config_utils
+from ssd_jax import config_utils, pixel_augment
 from ssd_jax.data import augment
+
+import tf_reference as reference  # the previous tf.data pixel ops
 
 _CONFIG = config_utils.load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
                                                 "ssd300.py"))
 _CONFIG.model.image_size = 64
+_CONFIG.data.max_image_size = 128
 _RED, _BLUE = (250, 10, 10), (10, 10, 250)
 
 
@@ -28,11 +34,33 @@ def _example(seed: int = 0, boxes=_BOXES, height: int = 45, width: int = 60) -> 
 
 def _ops() -> dict[str, augment.Op]:
   train = augment.train_ops(_CONFIG)
-  return {"expand": train[0], "patch": train[1], "flip": train[2], "resize": train[3],
-          "photometric": lambda e: train[4](train[3](e)),
-          "normalize": lambda e: train[5](train[3](e)),
+  return {"expand": train[0], "patch": train[1], "flip": train[2], "method": train[3],
+          "photometric": train[4], "fit_canvas": train[5],
           "all": lambda e: augment.apply(train, e),
           "eval": lambda e: augment.apply(augment.eval_ops(_CONFIG), e)}
+
+
+def _options(methods=("bilinear",), fill=(0.0, 0.0, 0.0), clamp=False, size=64):
+  """Device options whose normalisation is the identity (mean 0, std 1/255): 0..255 pixels."""
+  return pixel_augment.Options(size=size, methods=tuple(methods), fill=tuple(fill),
+                               mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3,
+                               hue_clamp_below_zero=clamp, channel_swap=False)
+
+
+def _on_device(example: dict, options: pixel_augment.Options) -> np.ndarray:
+  """The device's pixel work on one example drawn by the host ops -> float32 [S, S, 3]; absent
+  draws are neutral (whole image, the first method, no distortion)."""
+  image = np.asarray(example["image"])
+  neutral = {"window": (0.0, 0.0, 1.0, 1.0), "method": 0, "photometric": (0, 1, 1, 1, 0),
+             "channel_order": (0, 1, 2)}
+  drawn = {key: np.asarray(example.get(key, value)) for key, value in neutral.items()}
+  return np.asarray(_augment_one(
+      image, np.int32(image.shape[:2]), drawn["window"].astype(np.float32),
+      drawn["method"].astype(np.int32), drawn["photometric"].astype(np.float32),
+      drawn["channel_order"].astype(np.int32), options))
+
+
+_augment_one = jax.jit(pixel_augment.augment_one, static_argnums=6)
 
 
 @pytest.mark.parametrize("name", list(_ops()))
@@ -87,23 +115,25 @@ def test_boxes_stay_in_the_unit_square_and_never_invert():
   boxes = ((0.0, 0.0, 0.02, 0.03), (0.97, 0.96, 1.0, 1.0), (0.2, 0.1, 0.8, 0.95),
            (0.0, 0.0, 1.0, 1.0))
   for seed in range(60):
-    out = augment.apply(ops, {**_example(seed, boxes), "difficult": tf.zeros([4], tf.bool)})
+    example = {**_example(seed, boxes), "difficult": tf.zeros([4], tf.bool)}
+    out = augment.apply(ops, example)
     b = out["boxes"].numpy()
     assert (b >= 0).all() and (b <= 1).all(), b
     assert (b[:, 2:] > b[:, :2]).all(), b
     assert len(b) >= 1 and len(b) == len(out["labels"]) == len(out["difficult"])
-    assert out["image"].shape == (64, 64, 3)
+    np.testing.assert_array_equal(out["image"], example["image"])  # pixels: on the device
+    np.testing.assert_array_equal(out["image_size"], [45, 60])
 
 
 def test_flipping_twice_is_the_identity():
-  flip, resize = augment.horizontal_flip(1.0), augment.resize(64, (0, 0, 0))
+  flip = augment.horizontal_flip(1.0)
   example = augment.expand(1.0, 2.0)(_example(3))
   twice = flip(flip(example))
   np.testing.assert_array_equal(twice["window"], example["window"])
   np.testing.assert_allclose(twice["boxes"], example["boxes"], atol=1e-6)
-  np.testing.assert_array_equal(resize(twice)["image"], resize(example)["image"])
-  once = resize(flip(example))["image"].numpy()
-  np.testing.assert_allclose(once, resize(example)["image"].numpy()[:, ::-1], atol=1e-2)
+  np.testing.assert_array_equal(_on_device(twice, _options()), _on_device(example, _options()))
+  once = _on_device(flip(example), _options())
+  np.testing.assert_allclose(once, _on_device(example, _options())[:, ::-1], atol=1e-2)
 
 
 def _bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -120,18 +150,17 @@ def test_resize_samples_pixel_centres_of_the_window():
   example = _example(1)
   image = example["image"].numpy().astype(np.float64)
   centres = (np.arange(64) + 0.5) / 64
-  out = augment.resize(64, (1, 2, 3))(example)
-  np.testing.assert_allclose(out["image"], _bilinear(image, centres * 44, centres * 59), atol=1e-2)
-  assert out["inside"].numpy().min() == 1
-  window = tf.constant([0.5, -0.5, 1.5, 0.5])  # only the bottom left quarter shows the image
-  out = augment.resize(64, (1, 2, 3))({**example, "window": window})
+  options = _options(fill=(1, 2, 3))
+  out = _on_device(example, options)
+  np.testing.assert_allclose(out, _bilinear(image, centres * 44, centres * 59), atol=1e-2)
+  window = (0.5, -0.5, 1.5, 0.5)  # only the bottom left quarter shows the image
+  out = _on_device({**example, "window": window}, options)
   u = 0.5 + centres  # x across the window, in image units
-  np.testing.assert_allclose(out["image"][32:, :32],
+  np.testing.assert_allclose(out[32:, :32],
                              _bilinear(image, (centres[32:] - 0.5) * 44, u[:32] * 59), atol=1e-2)
-  np.testing.assert_array_equal(out["image"][:32].numpy().reshape(-1, 3)[0], [1, 2, 3])
-  expected = np.zeros((64, 64))
-  expected[32:, :32] = 1
-  np.testing.assert_array_equal(out["inside"][..., 0], expected)
+  np.testing.assert_allclose(out[:32].reshape(-1, 3), np.tile([1, 2, 3], (32 * 64, 1)), atol=1e-4)
+  np.testing.assert_allclose(out[32:, 32:].reshape(-1, 3), np.tile([1, 2, 3], (32 * 32, 1)),
+                             atol=1e-4)
 
 
 def _scene(seed: int, height: int = 90, width: int = 120):
@@ -147,12 +176,12 @@ def _scene(seed: int, height: int = 90, width: int = 120):
 
 
 def test_boxes_follow_the_image_content_through_the_geometric_ops():
-  mean = (0.0, 255.0, 0.0)  # green fill: neither object nor background
-  ops = augment.train_ops(_CONFIG)[:3] + [augment.resize(64, mean)]
+  fill = (0.0, 255.0, 0.0)  # green fill: neither object nor background
+  ops = augment.train_ops(_CONFIG)[:3]
   seen_expand = 0
   for seed in range(40):
     out = augment.apply(ops, _scene(seed))
-    image = out["image"].numpy()
+    image = _on_device(out, _options(fill=fill))
     seen_expand += (image[..., 1] > 200).any()
     for x0, y0, x1, y1 in out["boxes"].numpy() * 64:
       inner = image[int(np.ceil(y0)) + 1:int(y1) - 1, int(np.ceil(x0)) + 1:int(x1) - 1]
@@ -166,20 +195,24 @@ def test_boxes_follow_the_image_content_through_the_geometric_ops():
 
 
 def test_photometric_distortion_leaves_the_fill_and_respects_ranges():
-  example = augment.resize(64, (100, 110, 120))(augment.expand(1.0, 3.0)(_example(5)))
-  inside = example["inside"].numpy() > 0
-  brightness = augment.photometric_distort(1.0, 32.0, 0, (1, 1), 0, (1, 1), 0, 0, 0.5, 0.0)
+  fill = (100.0, 110.0, 120.0)
+  example = augment.expand(1.0, 3.0)(_example(5))
+  plain = _on_device(example, _options(fill=fill))
+  _, inside = reference.tf_resample(example["image"].numpy(), example["window"].numpy(), 64,
+                                    "bilinear", fill)
+  brightness = augment.photometric(1.0, 32.0, 0, (1, 1), 0, (1, 1), 0, 0, 0.5, 0.0)
   for seed in range(5):
-    out = brightness({**example, "seed": tf.constant([seed, 0], tf.int64)})["image"].numpy()
-    np.testing.assert_array_equal(out[~inside], example["image"].numpy()[~inside])
-    delta = out[inside] - example["image"].numpy()[inside]
+    drawn = brightness({**example, "seed": tf.constant([seed, 0], tf.int64)})
+    out = _on_device(drawn, _options(fill=fill))
+    np.testing.assert_array_equal(out[~inside], plain[~inside])
+    delta = out[inside] - plain[inside]
     unclipped = (out[inside] > 0) & (out[inside] < 255)
     assert np.ptp(delta[unclipped]) < 1e-3 and abs(delta[unclipped][0]) <= 32
-  nothing = augment.photometric_distort(0, 32.0, 0, (0.5, 1.5), 0, (0.5, 1.5), 0, 18.0, 0.5, 0.0)
-  np.testing.assert_array_equal(nothing(example)["image"], example["image"])
-  everything = augment.photometric_distort(1, 32.0, 1, (0.5, 1.5), 1, (0.5, 1.5), 1, 18.0, 0.5, 1.0)
-  out = everything(example)["image"].numpy()
-  assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, example["image"])
+  nothing = augment.photometric(0, 32.0, 0, (0.5, 1.5), 0, (0.5, 1.5), 0, 18.0, 0.5, 0.0)
+  np.testing.assert_array_equal(_on_device(nothing(example), _options(fill=fill)), plain)
+  everything = augment.photometric(1, 32.0, 1, (0.5, 1.5), 1, (0.5, 1.5), 1, 18.0, 0.5, 1.0)
+  out = _on_device(everything(example), _options(fill=fill))
+  assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, plain)
 
 
 def test_normalize_uses_the_model_mean_and_std():
@@ -188,12 +221,38 @@ def test_normalize_uses_the_model_mean_and_std():
   np.testing.assert_allclose(out[0, 0], [1.0, 3.0, 0.5], rtol=1e-6)
 
 
+_DRAWN = ("window", "boxes", "labels", "method", "photometric", "channel_order")
+
+
 def test_seed_decides_everything():
   ops = augment.train_ops(_CONFIG)
   a, b = (augment.apply(ops, _example(0)) for _ in range(2))
-  np.testing.assert_array_equal(a["image"], b["image"])
+  for key in _DRAWN:
+    np.testing.assert_array_equal(a[key], b[key])
   other = augment.apply(ops, {**_example(0), "seed": tf.constant([1, 7], tf.int64)})
-  assert not np.array_equal(a["image"], other["image"])
+  assert not np.array_equal(a["photometric"], other["photometric"])
+  assert not np.array_equal(a["window"], other["window"])
+
+
+def test_drawn_examples_on_the_device_equal_the_previous_tf_data_ops():
+  """The whole path for the Caffe recipe: the host's draws, then the device's pixel work, against
+  the previous pipeline's TF pixel ops fed the same draws."""
+  options = pixel_augment.Options.from_config(_CONFIG)
+  ops = augment.train_ops(_CONFIG)
+  methods = set()
+  for seed in range(12):
+    out = augment.apply(ops, _example(seed))
+    method = options.methods[int(out["method"])]
+    methods.add(method)
+    pixels, inside = reference.tf_resample(out["image"].numpy(), out["window"].numpy(), 64, method,
+                                           options.fill)
+    pixels = reference.tf_photometric(pixels, inside, out["photometric"].numpy(),
+                                      out["channel_order"].numpy(), True)
+    expected = reference.tf_normalize(pixels, options.mean, options.std)
+    # ssd300's std is 1/255: normalised units are 0..255 units.
+    np.testing.assert_allclose(_on_device(out, options), expected, rtol=0,
+                               atol=reference.END_TO_END_TOLERANCE, err_msg=f"{seed} {method}")
+  assert len(methods) >= 4
 
 
 def _in_tf_data(op, examples):
@@ -224,70 +283,43 @@ def test_sampler_aspect_ratio_is_drawn_in_range_then_clamped():
   assert abs(np.mean(between < 1.1) - 0.46 / 0.9225) < 0.05  # uniform in between
 
 
-def _ramp(height=45, width=60):
-  """float image whose channels are linear in the pixel-centre coordinates (exact for linear
-  interpolation), within 0..255: 20 + 2 x + 1.5 y, 50 + x, 200 - y."""
-  y, x = np.mgrid[:height, :width] + 0.5
-  return np.stack([20 + 2 * x + 1.5 * y, 50 + x, 200 - y], -1).astype(np.float32)
-
-
-@pytest.mark.parametrize("method", augment.RESIZE_METHODS)
-def test_each_resize_method_samples_the_window(method):
-  image = _ramp()
-  example = {**_example(0), "image": tf.constant(image),
-             "window": tf.constant([0.25, -0.5, 1.25, 0.5])}  # bottom-left quarter shows the image
-  out = augment.resize(64, (1, 2, 3), (method,))(example)
-  sampled, inside = out["image"].numpy(), out["inside"].numpy()
-  expected_inside = np.zeros((64, 64, 3))
-  expected_inside[32:, :48] = 1
-  np.testing.assert_array_equal(inside, expected_inside)
-  np.testing.assert_array_equal(sampled[inside == 0].reshape(-1, 3), np.tile([1, 2, 3], (64 * 64 - 32 * 48, 1)))
-  centres = (np.arange(64) + 0.5) / 64
-  xs, ys = (0.25 + centres) * 60, (-0.5 + centres) * 45  # half-pixel sample points, in pixels
-  truth = np.stack([20 + 2 * xs[None] + 1.5 * ys[:, None], 50 + xs[None] + 0 * ys[:, None],
-                    200 - ys[:, None] + 0 * xs[None]], -1)
-  # Away from the image's edges each method reproduces the ramp (slopes 2 + 1.5 per pixel, so
-  # 1.75 is half a source pixel): bilinear within crop_and_resize's half-pixel convention shift,
-  # nearest within that plus half a pixel, area (a box, nearest when enlarging) within half a
-  # pixel, the cubic and Lanczos kernels almost exactly.
-  tolerance = {"bilinear": 1.75, "nearest": 3.5, "area": 1.75}.get(method, 0.2)
-  core = (slice(36, 60), slice(4, 44))
-  np.testing.assert_allclose(sampled[core], truth[core], atol=tolerance)
-  mirrored = augment.resize(64, (1, 2, 3), (method,))(
-      {**example, "window": tf.constant([1.25, -0.5, 0.25, 0.5])})
-  np.testing.assert_allclose(mirrored["image"], sampled[:, ::-1], atol=1e-3)
-  (graph,) = tf.data.Dataset.from_tensors(example).map(
-      augment.resize(64, (1, 2, 3), (method,))).as_numpy_iterator()
-  np.testing.assert_allclose(graph["image"], sampled, atol=1e-3)
-
-
-def test_area_averages_when_shrinking_and_nearest_picks_pixels():
-  checkers = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
-  example = {**_example(0), "image": tf.constant(np.repeat(checkers[..., None], 3, -1))}
-  area = augment.resize(32, (0, 0, 0), ("area",))(example)["image"].numpy()
-  np.testing.assert_allclose(area, 127.5, atol=0.5)
-  nearest = augment.resize(32, (0, 0, 0), ("nearest",))(example)["image"].numpy()
-  assert set(np.unique(nearest)) <= {0.0, 255.0}
-
-
 def test_resize_method_is_drawn_uniformly_per_example():
-  methods = augment.RESIZE_METHODS[:5]
-  examples = [_example(seed) for seed in range(150)]
-  drawn = _in_tf_data(augment.resize(32, (1, 2, 3), methods), examples)
-  each = {m: _in_tf_data(augment.resize(32, (1, 2, 3), (m,)), examples) for m in methods}
-  counts = dict.fromkeys(methods, 0)
-  for i, out in enumerate(drawn):
-    errors = [np.abs(out["image"] - each[m][i]["image"]).max() for m in methods]
-    assert min(errors) < 1e-3  # the output is one method's, exactly
-    counts[methods[int(np.argmin(errors))]] += 1
-  assert all(12 <= n <= 50 for n in counts.values()), counts  # 30 expected each
-  eager = augment.resize(32, (1, 2, 3), methods)(examples[0])
-  np.testing.assert_allclose(eager["image"], drawn[0]["image"], atol=1e-3)
+  draw = augment.resize_method(5)
+  examples = [_example(seed) for seed in range(300)]
+  drawn = np.array([out["method"] for out in _in_tf_data(draw, examples)])
+  counts = np.bincount(drawn, minlength=5)
+  assert len(counts) == 5 and all(35 <= n <= 85 for n in counts), counts  # 60 expected each
+  assert int(draw(examples[0])["method"]) == drawn[0]
 
 
-def test_unknown_resize_method_is_named():
-  with pytest.raises(ValueError, match="augment.resize_methods"):
-    augment.resize(32, (0, 0, 0), ("bilinear", "cubic"))
+def test_flip_and_zoom_out_come_with_their_probabilities():
+  examples = [_example(seed) for seed in range(400)]
+  flipped = [out["window"][2] < out["window"][0] for out in _in_tf_data(
+      lambda e: augment.horizontal_flip(0.5)(e), examples)]
+  assert abs(np.mean(flipped) - 0.5) < 0.08
+  windows = np.array([out["window"] for out in _in_tf_data(augment.expand(0.5, 4.0), examples)])
+  ratio = windows[:, 2] - windows[:, 0]  # the canvas side in image sides
+  zoomed = ratio > 1
+  assert abs(zoomed.mean() - 0.5) < 0.08
+  np.testing.assert_allclose(windows[:, 3] - windows[:, 1], ratio, rtol=1e-5)  # square zoom
+  assert ratio.max() <= 4 and abs(np.median(ratio[zoomed]) - 2.5) < 0.3  # uniform in [1, 4]
+  # The image lies on its canvas: the window holds the unit square.
+  assert (windows[:, :2] <= 1e-6).all() and (windows[:, 2:] >= 1 - 1e-6).all()
+
+
+def test_fit_canvas_shrinks_only_images_larger_than_the_canvas():
+  example = _example(2)
+  kept = augment.fit_canvas(60)(example)
+  np.testing.assert_array_equal(kept["image"], example["image"])
+  np.testing.assert_array_equal(kept["image_size"], [45, 60])
+  np.testing.assert_array_equal(kept["window"], [0, 0, 1, 1])
+  flat = {**example, "image": tf.fill([45, 60, 3], tf.constant(77, tf.uint8))}
+  shrunk = augment.fit_canvas(48)(flat)
+  np.testing.assert_array_equal(shrunk["image_size"], [36, 48])  # aspect kept
+  assert shrunk["image"].dtype == tf.uint8 and (shrunk["image"].numpy() == 77).all()
+  np.testing.assert_array_equal(shrunk["boxes"], example["boxes"])  # image units: unchanged
+  tall = augment.fit_canvas(48)({**example, "image": tf.zeros([300, 20, 3], tf.uint8)})
+  np.testing.assert_array_equal(tall["image_size"], [48, 3])
 
 
 def _hue_wheel():
@@ -302,12 +334,14 @@ def _hue_degrees(image) -> np.ndarray:
 
 @pytest.mark.parametrize("clamp", [False, True])
 def test_hue_shift_is_uniform_within_delta_degrees(clamp):
-  hue_only = augment.photometric_distort(0, 0, 0, (1, 1), 0, (1, 1), 1.0, 36.0, 0.5, 0.0,
-                                         hue_clamp_below_zero=clamp)
+  hue_only = augment.photometric(0, 0, 0, (1, 1), 0, (1, 1), 1.0, 36.0, 0.5, 0.0)
   wheel = _hue_wheel()
   examples = [{"image": wheel, "seed": tf.constant([seed, 9], tf.int64)} for seed in range(400)]
-  outputs = [out["image"] for out in _in_tf_data(hue_only, examples)]
-  np.testing.assert_allclose(hue_only(examples[0])["image"], outputs[0], atol=1e-3)
+  drawn = _in_tf_data(hue_only, examples)
+  np.testing.assert_array_equal(hue_only(examples[0])["photometric"], drawn[0]["photometric"])
+  distort = jax.jit(jax.vmap(lambda params: pixel_augment.photometric(
+      wheel.numpy(), params, np.int32([0, 1, 2]), clamp, False)))
+  outputs = np.asarray(distort(np.stack([out["photometric"] for out in drawn])))
   before = _hue_degrees(wheel)[0]
   shifts = []
   for image in outputs:

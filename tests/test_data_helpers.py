@@ -110,6 +110,6 @@ def tiny_config(source: str, data_dir: str, class_names, train_splits, eval_spli
     config.model.num_classes = len(class_names) + 1
   fields = dict(source=source, data_dir=data_dir, class_names=class_names,
                 train_splits=train_splits, eval_splits=eval_splits, batch_size=4, eval_batch_size=4,
-                max_boxes=8, shuffle_buffer=4, prefetch=1)
+                max_boxes=8, shuffle_buffer=4, prefetch=1, max_image_size=96)
   config.data.update({**fields, **data})
   return config

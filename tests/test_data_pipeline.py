@@ -31,7 +31,15 @@ def _batches(config, start_step=0, count=5, source=None):
 def test_train_batches_have_the_documented_format(config):
   batch, = _batches(config, count=1)
   assert set(batch) == set(data.TRAIN_KEYS)
-  assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
+  # Decoded 48x48 shapes on the 96x96 canvas, zeros beyond them.
+  assert batch["image"].shape == (4, 96, 96, 3) and batch["image"].dtype == np.uint8
+  np.testing.assert_array_equal(batch["image_size"], [[48, 48]] * 4)
+  assert batch["image"][:, :48, :48].any() and not batch["image"][:, 48:].any()
+  assert not batch["image"][:, :, 48:].any()
+  assert batch["window"].shape == (4, 4) and batch["window"].dtype == np.float32
+  assert batch["method"].shape == (4,) and (batch["method"] >= 0).all()
+  assert (batch["method"] < len(config.augment.resize_methods)).all()
+  assert batch["photometric"].shape == (4, 5) and batch["channel_order"].shape == (4, 3)
   assert batch["boxes"].shape == (4, 6, 4) and batch["labels"].dtype == np.int32
   assert batch["mask"].dtype == bool and batch["mask"].any(axis=1).all()
   assert (batch["labels"][batch["mask"]] >= 1).all()

@@ -98,7 +98,8 @@ def test_tfds_voc_process_shards_and_batches(tfds_dir):
   assert not set(shards[0]) & set(shards[1])
   source = data.make_source(config, "train", 1, 2)
   batch = next(data.train_dataset(config, 0, source)[0].as_numpy_iterator())
-  assert batch["image"].shape == (1, 64, 64, 3) and batch["mask"].any()
+  assert batch["image"].shape == (1, 96, 96, 3) and batch["mask"].any()  # the 80x60 JPEG, padded
+  np.testing.assert_array_equal(batch["image_size"], [[60, 80]])
   ds, num_batches, _ = data.eval_dataset(config, data.make_source(config, "eval", 0, 2))
   assert num_batches == 1 and sum(b["valid"].sum() for b in ds.as_numpy_iterator()) == 1
 

@@ -17,7 +17,7 @@ RESIZE_TOLERANCE = 0.02
 
 def tf_resize(image: np.ndarray, size: int) -> np.ndarray:
   """The input pipeline's evaluation resize (the whole image, no window) of uint8 [H, W, 3]."""
-  return augment.resize(size, (0.0, 0.0, 0.0))({"image": tf.constant(image)})["image"].numpy()
+  return augment.eval_resize(size)({"image": tf.constant(image)})["image"].numpy()
 
 
 def test_resize_is_the_pipelines():

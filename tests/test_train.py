@@ -69,13 +69,14 @@ def test_nonfinite_loss_stops_without_saving_it(data_dir, tmp_path):
 
 
 def _poisoned(config, bad_steps) -> train.InputFn:
-  """The pipeline's batches with the images of training steps ``bad_steps`` (1-based) NaN: a
-  non-finite loss there."""
+  """The pipeline's batches with the photometric values of training steps ``bad_steps``
+  (1-based) NaN, so that their images are NaN on the device: a non-finite loss there."""
   real = train.pipeline_input(config)
 
   def input_fn(start_step):
     for step, batch in enumerate(real(start_step), start=start_step + 1):
-      yield dict(batch, image=np.full_like(batch["image"], np.nan)) if step in bad_steps else batch
+      poisoned = dict(batch, photometric=np.full_like(batch["photometric"], np.nan))
+      yield poisoned if step in bad_steps else batch
   return input_fn
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import CONFIG_DIR
-from ssd_jax import config_utils, parallel
+from ssd_jax import config_utils, parallel, pixel_augment
 from ssd_jax import train_step as step_lib
 
 
@@ -39,6 +39,25 @@ def test_loss_falls_on_a_fixed_batch_and_the_step_compiles_once():
   assert step._cache_size() == 1
 
 
+def test_a_drawn_batch_is_augmented_by_the_step_and_trains():
+  config = tiny_config()
+  config.augment.resize_methods = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
+  mesh = parallel.create_mesh(config)
+  _, state, step = step_lib.make_step(config, mesh)
+  batch = step_lib.synthetic_batch(config, drawn=True)
+  assert batch["image"].dtype == np.uint8 and len(set(batch["method"])) > 1
+  images = pixel_augment.augment(parallel.global_batch(batch, mesh),
+                                 pixel_augment.Options.from_config(config))
+  assert images.shape == (4, 64, 64, 3) and np.isfinite(np.asarray(images)).all()
+  batch = parallel.global_batch(batch, mesh)
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+  assert step._cache_size() == 1
+
+
 def test_nonfinite_update_is_skipped_when_configured():
   config = tiny_config()
   config.train.skip_nonfinite = True
@@ -61,11 +80,14 @@ assert jax.device_count() == 4
 results = []
 for devices in (1, 4):
   config = t.tiny_config(batch_size=8)
+  config.augment.resize_methods = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
   config.mesh.data_devices = devices
   mesh = parallel.create_mesh(config)
   _, state, step = step_lib.make_step(config, mesh)
-  for seed in range(2):
-    state, metrics = step(state, parallel.global_batch(step_lib.synthetic_batch(config, seed), mesh))
+  # A batch of model input, then two as the input pipeline draws them (the pixel work sharded).
+  for seed, drawn in ((0, False), (1, True), (2, True)):
+    batch = step_lib.synthetic_batch(config, seed, drawn)
+    state, metrics = step(state, parallel.global_batch(batch, mesh))
   results.append((float(metrics["loss"]), jax.device_get(state.params)))
 np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
 jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), results[0][1], results[1][1])

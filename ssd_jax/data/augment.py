@@ -1,17 +1,23 @@
-"""SSD's box-aware augmentation and the final resize/normalise, as ops on example dicts.
+"""SSD's training augmentation on the host: every random draw and the boxes, as ops on examples.
 
-Each op is built by a factory from config values and maps an example dict to an example dict,
-updating image and boxes together; all randomness is stateless, drawn from ``example["seed"]``
-(int64 [2], derived upstream from (seed, example index, epoch)) folded with a per-op constant, so
-an op gives the same result eagerly and inside tf.data, and a resumed run sees the same stream.
+Each op is built by a factory from config values and maps an example dict to an example dict;
+all randomness is stateless, drawn from ``example["seed"]`` (int64 [2], derived upstream from
+(seed, example index, epoch)) folded with a per-op constant, so an op gives the same result
+eagerly and inside tf.data, and a resumed run sees the same stream.
 
 The reference order (Caffe ``ssd_pascal.py``, ssd.pytorch) is: photometric distortion, zoom-out,
-sampled patch, flip, resize. Here the geometric ops are lazy: they move a ``window`` (xyxy, in
-units of the original image; x_min > x_max means mirrored) and the boxes, and ``resize`` samples the
-window from the original image in one pass (bilinear, or in training one of Caffe's interpolation
-methods drawn at random), filling what lies outside the image with the mean pixel. The zoomed-out canvas (up to 4x4 the image) is never built. Photometric distortion is
-per pixel, so it commutes with cropping, flipping and placing; it runs after ``resize`` on S x S
-pixels, leaving the mean-filled border undistorted as in the reference, where the fill comes later.
+sampled patch, flip, resize. The geometric ops here move a ``window`` (xyxy, in units of the
+original image; x_min > x_max means mirrored) and the boxes together; the other ops only draw:
+the resize method (``method``) and the photometric distortion's values (``photometric``,
+``channel_order``). The pixels are not touched here: ``ssd_jax.pixel_augment`` samples each window
+from the decoded image once, at model size with the drawn method, and distorts and normalises it,
+for the whole batch inside the jitted train step (on the accelerator). ``fit_canvas`` prepares the
+decoded image for that: shrunk when larger than the canvas the batch is padded to. Photometric
+distortion is per pixel, so it commutes with cropping, flipping and placing; it leaves the
+mean-filled border undistorted as in the reference, where the fill comes later.
+
+Evaluation keeps its pixel work here (``eval_ops``: bilinear resize of the whole image,
+normalise), which ``ssd_jax.preprocess`` reproduces for predict and export.
 """
 
 from collections.abc import Callable, Sequence
@@ -150,89 +156,101 @@ def horizontal_flip(prob: float) -> Op:
   return op
 
 
-# Resize methods of tf.image.resize -> how the window is sampled: crop_and_resize (bilinear,
-# nearest) or scale_and_translate with its kernel and antialiasing (tf.image.resize's own route for
-# these kernels). Only "area" filters (a box over the source pixels); like OpenCV's resize in Caffe,
-# the others do not antialias when shrinking.
-_CROP_AND_RESIZE = ("bilinear", "nearest")
-_SCALE_AND_TRANSLATE = {"area": ("box", True), "bicubic": ("keyscubic", False),
-                        "lanczos3": ("lanczos3", False), "lanczos5": ("lanczos5", False)}
-RESIZE_METHODS = _CROP_AND_RESIZE + tuple(_SCALE_AND_TRANSLATE)  # config.augment.resize_methods
-
-
-def _crop_and_resize(image: tf.Tensor, window: tf.Tensor, size: int,
-                     method: str) -> tuple[tf.Tensor, tf.Tensor]:
-  """Samples ``window`` of float [H, W, 3] -> (pixels [size, size, 3], outside: 1 off the image).
-
-  Output pixel j lies at (j + 0.5) / size across the window, and the image is sampled in
-  crop_and_resize's convention (pixel i's centre at i / (H - 1)), within half an original pixel of
-  the half-pixel one.
-  """
-  margin = 0.5 / size
-  low = window[:2] + margin * (window[2:] - window[:2])  # centres of the first and last pixels
-  high = window[2:] - margin * (window[2:] - window[:2])
-  # Pixels are >= 0, so the -1 that crop_and_resize puts outside the image marks the fill exactly.
-  sampled = tf.image.crop_and_resize(
-      image[None], tf.stack([[low[1], low[0], high[1], high[0]]]), [0], [size, size],
-      method=method, extrapolation_value=-1.0)[0]
-  return tf.maximum(sampled, 0.0), tf.cast(sampled < 0, tf.float32)
-
-
-def _scale_and_translate(image: tf.Tensor, window: tf.Tensor, size: int, kernel: str,
-                         antialias: bool) -> tuple[tf.Tensor, tf.Tensor]:
-  """Like ``_crop_and_resize`` with a scale_and_translate kernel, in the half-pixel convention
-  (output pixel j samples the image at (j + 0.5) / size across the window). Overshooting kernels
-  are clipped to 0..255, as OpenCV saturates 8-bit pixels."""
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)  # (H, W)
-  mirrored = window[2] < window[0]
-  low = tf.stack([window[1], tf.minimum(window[0], window[2])])  # (y, x) in image units
-  extent = tf.stack([window[3] - window[1], tf.abs(window[2] - window[0])])
-  scale = size / (extent * shape)
-  sampled = tf.raw_ops.ScaleAndTranslate(
-      images=image[None], size=[size, size], scale=scale, translation=-low * shape * scale,
-      kernel_type=kernel, antialias=antialias)[0]
-  centres = (tf.range(size, dtype=tf.float32) + 0.5) / size
-  on_image = lambda axis: tf.abs(low[axis] + centres * extent[axis] - 0.5) <= 0.5  # [size]
-  inside = tf.cast(on_image(0)[:, None, None] & on_image(1)[None, :, None], tf.float32)
-  inside = tf.broadcast_to(inside, [size, size, 3])
-  sampled, inside = (tf.where(mirrored, tf.reverse(x, [1]), x) for x in (sampled, inside))
-  return _clip(sampled) * inside, 1.0 - inside
-
-
-def _sample_window(image: tf.Tensor, window: tf.Tensor, size: int,
-                   method: str) -> tuple[tf.Tensor, tf.Tensor]:
-  if method in _CROP_AND_RESIZE:
-    return _crop_and_resize(image, window, size, method)
-  return _scale_and_translate(image, window, size, *_SCALE_AND_TRANSLATE[method])
-
-
-def resize(size: int, fill: Sequence[float], methods: Sequence[str] = ("bilinear",)) -> Op:
-  """Samples the window (whole image if none) to float32 [size, size, 3], 0..255.
-
-  ``methods`` (names of tf.image.resize methods, ``RESIZE_METHODS``): one is drawn uniformly per
-  example, as Caffe's ``interp_mode`` list does (linear, area, nearest, cubic, Lanczos). What lies
-  outside the original image is filled with ``fill`` (the mean pixel). Adds ``inside`` float32
-  [size, size, 3], 1 where the pixel comes from the image.
-  """
-  unknown = sorted(set(methods) - set(RESIZE_METHODS))
-  if unknown or not methods:
-    raise ValueError(f"augment.resize_methods: expected a non-empty tuple of {RESIZE_METHODS}, "
-                     f"got {tuple(methods)}")
-  methods = tuple(methods)
+def resize_method(count: int) -> Op:
+  """Draws ``method`` int32, uniform over ``count`` methods (Caffe's ``interp_mode`` list: one
+  per example; ``config.augment.resize_methods``, applied by ``pixel_augment``)."""
 
   def op(example: Example) -> Example:
-    image, window = tf.cast(example["image"], tf.float32), _window(example)
-    if len(methods) == 1:
-      sampled, outside = _sample_window(image, window, size, methods[0])
-    else:
-      u = tf.random.stateless_uniform([], _seed(example, _RESIZE))
-      choice = tf.minimum(tf.cast(u * len(methods), tf.int32), len(methods) - 1)
-      sampled, outside = tf.switch_case(choice, [
-          (lambda m=m: _sample_window(image, window, size, m)) for m in methods])
-    example = {**example, "image": sampled + outside * _per_channel(fill, size),
-               "inside": 1.0 - outside}
-    example.pop("window", None)
-    return example
+    u = tf.random.stateless_uniform([], _seed(example, _RESIZE))
+    return {**example, "method": tf.minimum(tf.cast(u * count, tf.int32), count - 1)}
+
+  return op
+
+
+_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def photometric(brightness_prob: float, brightness_delta: float, contrast_prob: float,
+                contrast_range: Sequence[float], saturation_prob: float,
+                saturation_range: Sequence[float], hue_prob: float, hue_delta: float,
+                contrast_first_prob: float, channel_swap_prob: float) -> Op:
+  """Draws Caffe's DistortImage: ``photometric`` float32 [5] (``pixel_augment.PHOTOMETRIC``:
+  brightness delta, +-``brightness_delta`` on 0..255 pixels; contrast factor; 1 when contrast
+  comes before saturation and hue, else 0; saturation factor; hue shift in turns, from
+  +-``hue_delta`` degrees), each applied with its probability (else 0 or 1: no change), and
+  ``channel_order`` int32 [3], a random permutation with ``channel_swap_prob``.
+
+  Caffe's ``hue_delta`` is in OpenCV's 8-bit hue units (0..180), so its 18 is 36 degrees here.
+  """
+
+  def op(example: Example) -> Example:
+    u = tf.random.stateless_uniform([12], _seed(example, _PHOTOMETRIC))
+    params = tf.stack([
+        tf.where(u[0] < brightness_prob, (2 * u[1] - 1) * brightness_delta, 0.0),
+        tf.where(u[2] < contrast_prob, _between(u[3], contrast_range), 1.0),
+        tf.cast(u[4] < contrast_first_prob, tf.float32),
+        tf.where(u[5] < saturation_prob, _between(u[6], saturation_range), 1.0),
+        tf.where(u[7] < hue_prob, (2 * u[8] - 1) * hue_delta / 360.0, 0.0)])
+    permutation = tf.gather(_PERMUTATIONS, tf.cast(u[10] * 6, tf.int32) % 6)
+    order = tf.where(u[9] < channel_swap_prob, permutation, tf.range(3))
+    return {**example, "photometric": params, "channel_order": order}
+
+  return op
+
+
+def _between(u: tf.Tensor, bounds: Sequence[float]) -> tf.Tensor:
+  return bounds[0] + u * (bounds[1] - bounds[0])
+
+
+def fit_canvas(max_size: int) -> Op:
+  """Ensures ``window`` and adds ``image_size`` int32 [2] (height, width), after shrinking an
+  image whose longer side exceeds ``max_size`` to that side (aspect kept; bilinear with
+  antialiasing, rounded to uint8), so that it fits the batch's ``max_size`` x ``max_size`` canvas.
+  Boxes and window are in image units: the shrink leaves them as they are."""
+
+  def op(example: Example) -> Example:
+    image = example["image"]
+    shape = tf.shape(image)[:2]
+    longer = tf.reduce_max(shape)
+
+    def shrunk() -> tf.Tensor:
+      size = tf.maximum(tf.cast(tf.round(tf.cast(shape, tf.float32) * max_size /
+                                         tf.cast(longer, tf.float32)), tf.int32), 1)
+      resized = tf.image.resize(image, tf.minimum(size, max_size), antialias=True)
+      return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+    image = tf.cond(longer > max_size, shrunk, lambda: image)
+    return {**example, "image": image, "image_size": tf.shape(image)[:2],
+            "window": _window(example)}
+
+  return op
+
+
+def eval_resize(size: int) -> Op:
+  """Evaluation's resize: the whole image, bilinear, to float32 [size, size, 3] 0..255 (Caffe's
+  test transform). Output pixel j's centre at (j + 0.5) / size across the image, sampled in
+  crop_and_resize's convention (pixel i's centre at i / (H - 1)), within half an original pixel
+  of the half-pixel one; ``preprocess.resize`` is the same in jnp."""
+
+  def op(example: Example) -> Example:
+    margin = np.float32(0.5 / size)  # float32 arithmetic, as preprocess.crop_positions
+    box = tf.constant([[margin, margin, np.float32(1) - margin, np.float32(1) - margin]])
+    image = tf.image.crop_and_resize(tf.cast(example["image"], tf.float32)[None], box, [0],
+                                     [size, size])[0]
+    return {**example, "image": image}
+
+  return op
+
+
+def normalize(mean: Sequence[float], std: Sequence[float]) -> Op:
+  """float 0..255 RGB image [S, S, 3] -> (image / 255 - mean) / std, the model's input."""
+  scale = [1.0 / (255.0 * s) for s in std]
+  offset = [-m / s for m, s in zip(mean, std)]
+
+  def op(example: Example) -> Example:
+    size = example["image"].shape[0]  # static: normalize follows eval_resize
+    return {**example, "image": example["image"] * _per_channel(scale, size) +
+            _per_channel(offset, size)}
 
   return op
 
@@ -243,105 +261,24 @@ def _per_channel(values: Sequence[float], size: int) -> tf.Tensor:
   return tf.constant(np.broadcast_to(np.asarray(values, np.float32), (size, size, 3)).copy())
 
 
-_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-
-def photometric_distort(brightness_prob: float, brightness_delta: float, contrast_prob: float,
-                        contrast_range: Sequence[float], saturation_prob: float,
-                        saturation_range: Sequence[float], hue_prob: float, hue_delta: float,
-                        contrast_first_prob: float, channel_swap_prob: float,
-                        hue_clamp_below_zero: bool = False) -> Op:
-  """Caffe's DistortImage on a float 0..255 image: brightness (+-delta), then contrast (x factor)
-  either before or after saturation (x factor) and hue (+-delta degrees), each applied with its
-  probability and clipped to [0, 255]; then a random channel permutation. Pixels outside the
-  original image (``inside`` == 0) keep their value.
-
-  Hue: Caffe's ``hue_delta`` is in OpenCV's 8-bit hue units (0..180), so its 18 is 36 degrees
-  here. With ``hue_clamp_below_zero``, a shift below hue 0 stops at 0 (red) instead of wrapping, as
-  Caffe's 8-bit ``convertTo`` saturates there (a shift past 180 does wrap, in HSV2BGR).
-  """
-
-  def op(example: Example) -> Example:
-    u = tf.random.stateless_uniform([12], _seed(example, _PHOTOMETRIC))
-    original = image = example["image"]
-    image = _clip(image + tf.where(u[0] < brightness_prob, (2 * u[1] - 1) * brightness_delta, 0.0))
-    contrast = tf.where(u[2] < contrast_prob, _between(u[3], contrast_range), 1.0)
-    contrast_first = u[4] < contrast_first_prob
-    image = _clip(image * tf.where(contrast_first, contrast, 1.0))
-    saturation = tf.where(u[5] < saturation_prob, _between(u[6], saturation_range), 1.0)
-    hue = tf.where(u[7] < hue_prob, (2 * u[8] - 1) * hue_delta / 360.0, 0.0)
-    image = tf.cond((saturation != 1.0) | (hue != 0.0),
-                    lambda: _saturation_hue(image, saturation, hue, hue_clamp_below_zero),
-                    lambda: image)
-    image = _clip(image * tf.where(contrast_first, 1.0, contrast))
-    if channel_swap_prob > 0:
-      permutation = tf.gather(_PERMUTATIONS, tf.cast(u[10] * 6, tf.int32) % 6)
-      image = tf.cond(u[9] < channel_swap_prob, lambda: tf.gather(image, permutation, axis=-1),
-                      lambda: image)
-    if "inside" in example:
-      image = original + example["inside"] * (image - original)
-    return {**example, "image": image}
-
-  return op
-
-
-def _clip(image: tf.Tensor) -> tf.Tensor:
-  return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def _between(u: tf.Tensor, bounds: Sequence[float]) -> tf.Tensor:
-  return bounds[0] + u * (bounds[1] - bounds[0])
-
-
-def _saturation_hue(image: tf.Tensor, saturation: tf.Tensor, hue: tf.Tensor,
-                    clamp_below_zero: bool) -> tf.Tensor:
-  """Scales saturation and rotates hue (in turns) of a float 0..255 RGB image."""
-  h, s, v = tf.unstack(tf.image.rgb_to_hsv(image / 255.0), axis=-1)
-  shifted = tf.maximum(h + hue, 0.0) if clamp_below_zero else h + hue
-  hsv = tf.stack([tf.math.floormod(shifted, 1.0), tf.clip_by_value(s * saturation, 0.0, 1.0), v],
-                 axis=-1)
-  return _clip(tf.image.hsv_to_rgb(hsv) * 255.0)
-
-
-def normalize(mean: Sequence[float], std: Sequence[float]) -> Op:
-  """float 0..255 RGB image [S, S, 3] -> (image / 255 - mean) / std, the model's input."""
-  scale = [1.0 / (255.0 * s) for s in std]
-  offset = [-m / s for m, s in zip(mean, std)]
-
-  def op(example: Example) -> Example:
-    size = example["image"].shape[0]  # static: normalize follows resize
-    example = {**example, "image": example["image"] * _per_channel(scale, size) +
-               _per_channel(offset, size)}
-    example.pop("inside", None)
-    return example
-
-  return op
-
-
-def _mean_pixel(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-  """The fill colour of zoom-out, 0..255: the model's input mean."""
-  return tuple(255.0 * m for m in config.model.input_mean)
-
-
 def train_ops(config: ml_collections.ConfigDict) -> list[Op]:
-  """The training augmentation of ``config.augment``, in order, ending normalised at model size."""
+  """The host's part of the training augmentation of ``config.augment``: the window and boxes,
+  the drawn parameters, the image fitted to ``config.data.max_image_size``."""
   a = config.augment
   return [expand(a.expand_prob, a.expand_max_ratio),
           sample_patch(a.patch_whole_image, tuple(a.patch_min_ious), tuple(a.patch_scale_range),
                        tuple(a.patch_aspect_range), a.patch_max_trials),
           horizontal_flip(a.flip_prob),
-          resize(config.model.image_size, _mean_pixel(config), tuple(a.resize_methods)),
-          photometric_distort(a.brightness_prob, a.brightness_delta, a.contrast_prob,
-                              tuple(a.contrast_range), a.saturation_prob,
-                              tuple(a.saturation_range), a.hue_prob, a.hue_delta,
-                              a.contrast_first_prob, a.channel_swap_prob,
-                              a.hue_clamp_below_zero),
-          normalize(tuple(config.model.input_mean), tuple(config.model.input_std))]
+          resize_method(len(a.resize_methods)),
+          photometric(a.brightness_prob, a.brightness_delta, a.contrast_prob,
+                      tuple(a.contrast_range), a.saturation_prob, tuple(a.saturation_range),
+                      a.hue_prob, a.hue_delta, a.contrast_first_prob, a.channel_swap_prob),
+          fit_canvas(config.data.max_image_size)]
 
 
 def eval_ops(config: ml_collections.ConfigDict) -> list[Op]:
   """Evaluation preprocessing: bilinear resize to model size (Caffe's test LINEAR), normalise."""
-  return [resize(config.model.image_size, _mean_pixel(config)),
+  return [eval_resize(config.model.image_size),
           normalize(tuple(config.model.input_mean), tuple(config.model.input_std))]
 
 

@@ -7,12 +7,17 @@ permuted; augmentation draws from a seed of (seed, process, epoch, example index
 therefore starts at record ``s * batch`` of the stream, and ``train_dataset(config, start_step=s)``
 resumes exactly there, reading (not decoding) at most one epoch of records to get there.
 
-Batches (numpy from the iterators): ``image`` float32 [B, S, S, 3] normalised as config.model says,
-``boxes`` float32 [B, max_boxes, 4] xyxy in [0, 1], ``labels`` int32 [B, max_boxes], ``mask`` bool
-[B, max_boxes]; evaluation adds ``difficult`` bool [B, max_boxes], ``image_id`` [B], ``index``
-int64 [B] (the example's position in the split, the same on any number of processes), ``size``
-int32 [B, 2] (original height, width) and ``valid`` bool [B] (False for padding and unreadable
-images). B is the per-process batch, config batch size / process count.
+Batches (numpy from the iterators) hold ``boxes`` float32 [B, max_boxes, 4] xyxy in [0, 1],
+``labels`` int32 [B, max_boxes] and ``mask`` bool [B, max_boxes]. Training batches hold the decoded
+images and the augmentation's drawn parameters, for ``ssd_jax.pixel_augment`` to turn into the
+model's input on the device: ``image`` uint8 [B, M, M, 3] (each image in the top-left
+``image_size`` int32 [B, 2] pixels, M = config.data.max_image_size), ``window`` float32 [B, 4],
+``method`` int32 [B], ``photometric`` float32 [B, 5], ``channel_order`` int32 [B, 3], with boxes as
+the window shows them. Evaluation batches hold ``image`` float32 [B, S, S, 3] normalised as
+config.model says and add ``difficult`` bool [B, max_boxes], ``image_id`` [B], ``index`` int64 [B]
+(the example's position in the split, the same on any number of processes), ``size`` int32 [B, 2]
+(original height, width) and ``valid`` bool [B] (False for padding and unreadable images). B is
+the per-process batch, config batch size / process count.
 """
 
 from collections.abc import Iterator
@@ -29,8 +34,10 @@ from ssd_jax.data.problems import Problems
 from ssd_jax.data.sources import make_source, Source
 
 Example = dict[str, tf.Tensor]
-TRAIN_KEYS = ("image", "boxes", "labels", "mask")
-EVAL_KEYS = TRAIN_KEYS + ("difficult", "image_id", "index", "size", "valid")
+_TARGET_KEYS = ("boxes", "labels", "mask")
+TRAIN_KEYS = ("image", "image_size", "window", "method", "photometric", "channel_order"
+              ) + _TARGET_KEYS
+EVAL_KEYS = ("image",) + _TARGET_KEYS + ("difficult", "image_id", "index", "size", "valid")
 
 
 def examples(source: Source, num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
@@ -157,7 +164,12 @@ def train_dataset(config: ml_collections.ConfigDict, start_step: int = 0,
   ops = augment.train_ops(config) + [pad(data.max_boxes, source.problems)]
   ds = _decoded(records, source, data.num_parallel_calls).map(
       _preprocess(ops, TRAIN_KEYS), num_parallel_calls=data.num_parallel_calls)
-  return _options(ds.batch(batch, drop_remainder=True).prefetch(data.prefetch)), source
+  # Images of any size up to the canvas, padded to it as they are batched (one copy).
+  canvas = {"image": [data.max_image_size, data.max_image_size, 3]}
+  ds = ds.padded_batch(batch, padded_shapes={key: canvas.get(key, spec.shape)
+                                             for key, spec in ds.element_spec.items()},
+                       drop_remainder=True)
+  return _options(ds.prefetch(data.prefetch)), source
 
 
 def eval_dataset(config: ml_collections.ConfigDict, source: Source | None = None,
