@@ -14,9 +14,9 @@ Sections, in this order; one that would start after ``--budget_s`` is recorded a
 failing one as an error, and the next one runs:
 - ``environment``: package versions, devices and their memory;
 - ``<model> train bfloat16`` (SSD300-ResNet34, SSD300-VGG16, COCO configs): the jitted train
-  step on the reference batch (R images of ``train_step.synthetic_batch``) repeated to the batch
-  size, which
-  changes neither the loss nor a BatchNorm statistic. Compiled at 4R: the first step's loss and
+  step on the reference batch (R images of ``train_step.synthetic_batch`` in the input pipeline's
+  training format, so the step does the augmentation's pixel work on the device as in training)
+  repeated to the batch size, which changes neither the loss nor a BatchNorm statistic. Compiled at 4R: the first step's loss and
   gradient norm are checked against the reference's; then at the batch that XLA's memory
   analysis of that compilation says fills 85% of the device memory (a multiple of R, at most
   1024, cut by a quarter on out-of-memory): images/s, and XLA's FLOPs per image for the MFU
@@ -29,6 +29,10 @@ failing one as an error, and the next one runs:
   checkpoint every ``checkpoint_every`` steps) fed from batches in memory against the bare jitted
   step on the same batches (``bench_loop``): images/s of each, their ratio, the seconds each save
   blocks; the first step's loss checked;
+- ``quickstart loop vs bare step, tf.data input``: the same with the real input pipeline (the
+  host decodes and draws on its own cores while the device steps): whether the host keeps up,
+  with the host's core count. It needs TensorFlow, which the lent GPU image lacks: there it is
+  listed under ``not_run`` with that reason;
 - ``<model> forward bfloat16 batch N`` (N = 1 and 64): the network alone, random weights, on the
   reference images repeated: images/s, compile seconds, and the outputs for the reference images
   within a relative L2 error of the reference's.
@@ -61,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import config_utils, export, parallel, preprocess, train, train_step
+from ssd_jax import config_utils, export, parallel, train, train_step
 
 import bench_loop  # experiments/, beside this script
 import bench_model
@@ -276,15 +280,9 @@ def quickstart_config(sizes: Sizes, num_steps: int, checkpoint_every: int):
 
 
 def quickstart_batches(config, count: int = 8) -> list[dict]:
-  """``count`` synthetic batches as the input pipeline gives them: 8-bit pixels, normalised."""
-  batches = []
-  for seed in range(count):
-    batch = train_step.synthetic_batch(config, seed)
-    pixels = np.round(batch["image"] * 255)
-    batch["image"] = np.asarray(preprocess.normalize(pixels, config.model.input_mean,
-                                                     config.model.input_std))
-    batches.append(batch)
-  return batches
+  """``count`` synthetic batches as the input pipeline gives them for training: decoded 8-bit
+  pictures on the canvas with their drawn augmentation, which the step applies."""
+  return [train_step.synthetic_batch(config, seed, drawn=True) for seed in range(count)]
 
 
 def export_images(config, count: int) -> np.ndarray:
@@ -345,6 +343,33 @@ def loop_section(sizes: Sizes, expected_first_loss: float, scratch: str) -> dict
                                                   LOSS_TOLERANCE)}}
 
 
+def tensorflow_missing() -> str | None:
+  """Why the tf.data input cannot run here (TensorFlow does not import), or None."""
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as error:
+    return f"no TensorFlow on this machine ({error}): the tf.data input cannot run"
+  return None
+
+
+def real_input_loop_section(sizes: Sizes, scratch: str) -> dict:
+  """The loop fed by the tf.data pipeline (synthetic shapes written under ``scratch``) against the
+  bare step on the pipeline's first batches."""
+  warmup = 2
+  config = quickstart_config(sizes, warmup + sizes.loop_steps + 2, sizes.checkpoint_every)
+  config.data.data_dir = os.path.join(scratch, "data")
+  batches = bench_loop.pipeline_batches(config)
+  bare, first = bench_loop.bare_step(config, batches, sizes.loop_steps)
+  loop, saves = bench_loop.loop_figures(config, warmup, sizes.loop_steps,
+                                        workdir=tempfile.mkdtemp(prefix="input_", dir=scratch))
+  return {"batch": config.data.batch_size, "steps": sizes.loop_steps,
+          "host_cores": os.cpu_count(), "bare_images_per_second": bare,
+          "loop_images_per_second": loop, "loop_over_bare": loop / bare,
+          "save_block_seconds": saves,
+          "checks": {"first_loss_finite": {"value": first["loss"],
+                                           "ok": bool(np.isfinite(first["loss"]))}}}
+
+
 def environment() -> dict:
   versions = {}
   for name in PACKAGES:
@@ -370,7 +395,7 @@ def make_reference(folder: str, sizes: Sizes, small: bool) -> None:
   arrays, models = {}, {}
   for label, spec in sizes.models:
     config = model_config(spec, "float32", sizes.reference_batch)
-    step = compiled_step(config, train_step.synthetic_batch(config))
+    step = compiled_step(config, train_step.synthetic_batch(config, drawn=True))
     metrics = first_step(step)
     compiled, args, _ = forward_outputs(spec, "float32", 2)
     arrays[f"{label}/forward"] = flat_outputs(compiled(*args))
@@ -430,7 +455,7 @@ def benchmark(args, sizes: Sizes) -> int:
              "jax": jax.__version__, "device": f"{jax.device_count()} x "
              f"{jax.devices()[0].device_kind}", "budget_s": args.budget_s,
              "reference": {k: info[k] for k in ("date", "machine", "jax", "reference_batch")},
-             "sections": {}, "skipped": [], "errors": {}, "checks_failed": []}
+             "sections": {}, "skipped": [], "not_run": {}, "errors": {}, "checks_failed": []}
 
   def write():
     results["seconds"] = time.monotonic() - started
@@ -464,7 +489,7 @@ def benchmark(args, sizes: Sizes) -> int:
   section("environment", environment)
   for label, spec in sizes.models:
     reference_batch = train_step.synthetic_batch(model_config(spec, "float32",
-                                                              sizes.reference_batch))
+                                                              sizes.reference_batch), drawn=True)
     section(f"{label} train bfloat16",
             lambda spec=spec, label=label, batch=reference_batch: train_section(
                 spec, sizes, info["models"][label], batch))
@@ -472,6 +497,12 @@ def benchmark(args, sizes: Sizes) -> int:
   section("export", lambda: export_section(sizes, args.reference, expected, scratch))
   section("quickstart loop vs bare step",
           lambda: loop_section(sizes, info["quickstart"]["first_loss"], scratch))
+  missing = tensorflow_missing()
+  if missing:
+    results["not_run"]["quickstart loop vs bare step, tf.data input"] = missing
+  else:
+    section("quickstart loop vs bare step, tf.data input",
+            lambda: real_input_loop_section(sizes, scratch))
   for label, spec in sizes.models:
     for batch in sizes.forward_batches:
       section(f"{label} forward bfloat16 batch {batch}",

@@ -65,6 +65,9 @@ def test_every_section_runs_without_tensorflow_and_passes_its_check(run):
   results, console = run["results"], run["console"]
   assert run["status"] == 0, console[-3000:]
   assert (results["errors"], results["skipped"], results["checks_failed"]) == ({}, [], [])
+  # The real-input loop needs tf.data: said, not run, on a machine without TensorFlow.
+  assert list(results["not_run"]) == ["quickstart loop vs bare step, tf.data input"]
+  assert "no TensorFlow" in results["not_run"]["quickstart loop vs bare step, tf.data input"]
   assert list(results["sections"]) == [
       "environment", "quickstart-tiny train bfloat16", "export", "quickstart loop vs bare step",
       "quickstart-tiny forward bfloat16 batch 1", "quickstart-tiny forward bfloat16 batch 2"]
@@ -138,3 +141,19 @@ def test_the_carried_wheels_are_the_versions_ci_tested():
   assert {normal(name) for name in wheels} == {"ml-collections", "pycocotools", "defusedxml"}
   for name, version in wheels.items():
     assert pins[normal(name)] == version, name
+
+
+def test_the_real_input_loop_runs_where_tensorflow_is(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import bench_accelerator  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  sizes = bench_accelerator.Sizes(small=True)
+  assert bench_accelerator.tensorflow_missing() is None
+  record = bench_accelerator.real_input_loop_section(sizes, str(tmp_path))
+  assert (record["batch"], record["steps"], record["host_cores"]) == (
+      sizes.reference_batch, sizes.loop_steps, os.cpu_count())
+  assert record["checks"]["first_loss_finite"]["ok"]
+  assert len(record["save_block_seconds"]) == 4  # steps 2, 4, 6 and the final 8
+  assert record["loop_over_bare"] == pytest.approx(
+      record["loop_images_per_second"] / record["bare_images_per_second"])
+  # The batches came through tf.data from the shapes written for it.
+  assert [name for name in os.listdir(tmp_path / "data") if name.startswith("shapes-")]
