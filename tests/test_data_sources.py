@@ -96,6 +96,17 @@ def test_tfds_voc_process_shards_and_batches(tfds_dir):
   shards = [[e["image_id"] for e in _all(data.make_source(config, "train", p, 2))] for p in (0, 1)]
   assert sorted(shards[0] + shards[1]) == [b"000001", b"000002", b"000003"]
   assert not set(shards[0]) & set(shards[1])
+  # Each record's index is its place in the split as one process reads it: train (2 records)
+  # then validation (1), each sub-split cut over the processes on its own.
+  whole = data.make_source(config, "train", 0, 1).parts[0]
+  one = {int(r["index"]): r["image_id"] for r in whole.as_numpy_iterator()}
+  assert sorted(one) == [0, 1, 2]
+  for p in (0, 1):
+    part = data.make_source(config, "train", p, 2).parts[0]
+    assert all(one[int(r["index"])] == r["image_id"] for r in part.as_numpy_iterator())
+  indices = [sorted(int(r["index"]) for r in data.make_source(config, "train", p, 2).parts[0]
+                    .as_numpy_iterator()) for p in (0, 1)]
+  assert indices == [[0, 2], [1]]
   source = data.make_source(config, "train", 1, 2)
   batch = next(data.train_dataset(config, 0, source)[0].as_numpy_iterator())
   assert batch["image"].shape == (1, 96, 96, 3) and batch["mask"].any()  # the 80x60 JPEG, padded
