@@ -221,3 +221,18 @@ def test_each_training_example_comes_once_per_epoch_over_the_processes(trained):
     seen += [(record["index"], record["image_id"]) for record in records]
   # Every image once, under the index one process gives it: no repeats, nothing left out.
   assert sorted(seen) == [(i, image_id) for i, image_id in enumerate(ids)]
+
+
+def test_a_process_without_images_evaluates_blanks_and_cannot_train(tmp_path):
+  """More processes than images: the third of three gets no eval image and pads its batches as
+  the others do (evaluation's collectives stay in step); training stops with one line."""
+  config = tiny_config(str(tmp_path))
+  config.data.synthetic.num_test, config.data.eval_batch_size = 2, 3
+  batches = [list(data.eval_iterator(config, data.make_source(config, "eval", p, 3)))
+             for p in range(3)]
+  assert [len(b) for b in batches] == [1, 1, 1]
+  valid = [batch["index"][batch["valid"]].tolist() for (batch,) in batches]
+  assert valid == [[0], [1], []]
+  config.data.synthetic.num_train = 2
+  with pytest.raises(data.DatasetNotFoundError, match="process 2 of 3 has no training image"):
+    data.train_dataset(config, 0, data.make_source(config, "train", 2, 3))

@@ -31,7 +31,7 @@ import tensorflow as tf
 from ssd_jax.data import augment
 from ssd_jax.data.decode import decode
 from ssd_jax.data.problems import Problems
-from ssd_jax.data.sources import make_source, Source
+from ssd_jax.data.sources import DatasetNotFoundError, make_source, Source
 
 Example = dict[str, tf.Tensor]
 _TARGET_KEYS = ("boxes", "labels", "mask")
@@ -159,6 +159,10 @@ def train_dataset(config: ml_collections.ConfigDict, start_step: int = 0,
   """
   data = config.data
   source = source or make_source(config, "train")
+  if not source.num_examples:
+    raise DatasetNotFoundError(
+        f"process {source.process_index} of {source.process_count} has no training image: "
+        f"config.data.train_splits hold fewer images than there are processes")
   batch = _local_batch(data.batch_size, source)
   records = _train_records(source, data.seed, data.shuffle_buffer, start_step * batch)
   ops = augment.train_ops(config) + [pad(data.max_boxes, source.problems)]

@@ -260,23 +260,27 @@ def _folder_part(config: ml_collections.ConfigDict, entry: tuple[str, str], trai
     raise DatasetNotFoundError(f"no usable images in {entry} under {data_dir} (see the warnings "
                                "above)")
   shard_sizes = [len(records[p::process_count]) for p in range(process_count)]
-  return _Part(records_dataset(records[process_index::process_count]),
+  # The ids' type from every record: a process whose share is empty (more processes than
+  # images) still yields records of the others' types.
+  id_dtype = np.array([record.image_id for record in records]).dtype
+  return _Part(records_dataset(records[process_index::process_count], id_dtype),
                np.arange(len(records))[process_index::process_count], shard_sizes, class_names,
                category_ids)
 
 
-def records_dataset(records: list[annotations.Record]) -> tf.data.Dataset:
-  """In-memory records (file paths and annotations) -> tf.data records."""
+def records_dataset(records: list[annotations.Record], id_dtype: np.dtype) -> tf.data.Dataset:
+  """In-memory records (file paths and annotations; image ids of ``id_dtype``) -> tf.data
+  records (none is fine)."""
   lengths = [len(record.labels) for record in records]
 
   def ragged(values: list[np.ndarray], shape: tuple[int, ...], dtype) -> tf.RaggedTensor:
     flat = np.concatenate([np.zeros(shape, dtype)] + [np.asarray(v, dtype) for v in values])
     return tf.RaggedTensor.from_row_lengths(flat, lengths)
 
-  paths = [record.image_path for record in records]
+  paths = tf.constant([record.image_path for record in records], tf.string)
   return tf.data.Dataset.from_tensor_slices({
       "image": paths, "file": paths,
-      "image_id": np.array([record.image_id for record in records]),
+      "image_id": np.array([record.image_id for record in records], id_dtype),
       "boxes": ragged([r.boxes for r in records], (0, 4), np.float32),
       "labels": ragged([r.labels for r in records], (0,), np.int32),
       "difficult": ragged([r.difficult for r in records], (0,), bool)})
