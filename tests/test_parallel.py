@@ -81,3 +81,28 @@ def test_batches_come_in_order_sharded_over_four_devices():
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(__file__), timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (("localhost", None, None), "--coordinator_address=localhost: expected HOST:PORT"),
+    (("127.0.0.1:1234", 0, None), "--num_processes=0: expected 1 or more"),
+    (("127.0.0.1:1234", 2, 2), "--process_id=2: expected 0..num_processes-1 (0..1)"),
+    (("127.0.0.1:1234", 2, None), "--num_processes and --process_id go together"),
+    ((None, None, 0), "--num_processes and --process_id go together"),
+])
+def test_cluster_flags_that_cannot_work_are_named_before_anything_starts(flags, named):
+  with pytest.raises(ConfigError) as error:
+    parallel.maybe_initialize_distributed(False, *flags)
+  assert str(error.value).startswith(named)
+
+
+def test_one_process_keeps_its_own_values():
+  """Without jax.distributed the cross-process helpers are the identity on this process's
+  values: its rows, its JSON, its replicated arrays (read back as numpy)."""
+  rows = {"index": np.arange(3), "boxes": np.ones((3, 2, 4), np.float32)}
+  assert parallel.gather_rows(rows) is rows
+  summary = {"mAP": 0.25, "AP/cat": float("nan")}
+  assert parallel.broadcast_json(summary) is summary
+  tree = parallel.host_value({"w": jax.device_put(np.arange(4.0), parallel.replicated(_mesh(1)))})
+  assert isinstance(tree["w"], np.ndarray) and tree["w"].tolist() == [0, 1, 2, 3]
+  parallel.barrier("nothing to wait for")
